@@ -104,3 +104,11 @@ class BudgetExceededError(ExportError):
 
 
 # Errors added by later modules go below this line (append only).
+
+
+# --- profile -----------------------------------------------------------------------------
+
+
+class ProfileError(TfpruneError, ValueError):
+    """A model or argument that cannot be counted: a shape with undefined dimensions where
+    MACs depend on it, or a batch size that is not a positive integer."""
