@@ -22,6 +22,8 @@ from tfprune import datasets, zoo  # noqa: E402,F401
 
 # --- graph, shrink, profile (channel structure and physical removal) ---------------------
 from tfprune.graph import ChannelGroup, Member, ParamSlice  # noqa: E402,F401
+from tfprune.graph import channel_groups  # noqa: E402,F401
+from tfprune.shrink import mask_channels, shrink  # noqa: E402,F401
 from tfprune.profile import profile  # noqa: E402,F401
 
 # --- curvature ---------------------------------------------------------------------------
