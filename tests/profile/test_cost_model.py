@@ -71,9 +71,10 @@ def _concat(a=3, b=5):
 
 
 def _concat_groups():
-    return [_group(0, 3, _producer("ca", 3) + [_slice("cc", "kernel", 2, np.arange(3), "consumer")]),
-            _group(1, 5, _producer("cb", 5) + [_slice("cc", "kernel", 2, 3 + np.arange(5),
-                                                      "consumer")])]
+    read_a = _slice("cc", "kernel", 2, np.arange(3), "consumer")
+    read_b = _slice("cc", "kernel", 2, 3 + np.arange(5), "consumer")   # after a's 3 channels
+    return [_group(0, 3, _producer("ca", 3) + [read_a]),
+            _group(1, 5, _producer("cb", 5) + [read_b])]
 
 
 def _square(n=6):

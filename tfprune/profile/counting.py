@@ -33,7 +33,8 @@ from typing import Dict, List, Optional, Tuple
 import keras
 import tensorflow as tf
 
-from tfprune.errors import ProfileError, UnsupportedModelError
+from tfprune.errors import ProfileError
+from tfprune.graph._keras_graph import trace
 from tfprune.graph.paths import SEP, iter_layers
 
 _CONV = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D,
@@ -100,24 +101,20 @@ def itemsize(variable) -> int:
     return tf.dtypes.as_dtype(variable.dtype).size
 
 
-def _calls_by_layer(model) -> Dict[int, list]:
-    """The nodes (call sites) of each layer of `model`'s own graph, keyed by `id(layer)`."""
-    # Keras has no public API for the call sites of a layer (`layer.output` is only the first
-    # call), and a shared layer or a nested model called twice does its MACs at each call.
-    graph = model._functional if isinstance(model, keras.Sequential) else model
-    nodes_by_depth = getattr(graph, "_nodes_by_depth", None)
-    if nodes_by_depth is None:
-        if isinstance(model, keras.Sequential):
-            raise UnsupportedModelError(
-                f"Sequential model {model.name!r} is not built, so its layers have no shapes: "
-                "start it with `keras.Input(shape)` or call `model.build(input_shape)` first")
-        raise UnsupportedModelError(
-            f"{type(model).__name__} {model.name!r} is a subclassed model whose graph cannot be "
-            "read; tfprune counts functional and Sequential models (nested ones included)")
-    calls: Dict[int, list] = {}
-    for depth in sorted(nodes_by_depth, reverse=True):  # inputs first
-        for node in nodes_by_depth[depth]:
-            calls.setdefault(id(node.operation), []).append(node)
+def _layer_calls(model) -> Dict[str, List[Tuple[list, list]]]:
+    """`{layer path: [(input shapes, output shapes) per call]}` for the layers of `model`.
+
+    A shared layer or a nested model called twice does its MACs at each call.
+    """
+    t = trace(model)
+    calls: Dict[str, List[Tuple[list, list]]] = {}
+    for call in t.calls:
+        if isinstance(call.op, keras.Model):  # a nested model the trace keeps whole
+            for path, shapes in _layer_calls(call.op).items():
+                calls.setdefault(call.path + SEP + path, []).extend(shapes)
+        elif call.is_layer:
+            calls.setdefault(call.path, []).append(([t.shapes[k] for k in call.inputs],
+                                                    [t.shapes[k] for k in call.outputs]))
     return calls
 
 
@@ -149,11 +146,11 @@ def _einsum_axes(equation: str, output_rank: int) -> List[int]:
     return [a for a in range(1, output_rank) if letters[a] not in kernel]
 
 
-def _mac_positions(layer, node, path) -> Optional[Dict[str, int]]:
+def _mac_positions(layer, inputs, outputs, path) -> Optional[Dict[str, int]]:
     """`{variable name: positions}` for one call, `{}` if no MACs, None if unknown."""
-    out = node.output_tensors[0].shape
+    out = outputs[0]
     if isinstance(layer, _CONV_TRANSPOSE):
-        shape = node.input_tensors[0].shape
+        shape = inputs[0]
         return {"kernel": _positions(shape, _spatial_axes(layer, len(shape)), path, layer, "input")}
     if isinstance(layer, _CONV):
         return {"kernel": _positions(out, _spatial_axes(layer, len(out)), path, layer, "output")}
@@ -161,7 +158,7 @@ def _mac_positions(layer, node, path) -> Optional[Dict[str, int]]:
         n = _positions(out, _spatial_axes(layer, len(out)), path, layer, "output")
         return {"depthwise_kernel": n, "pointwise_kernel": n}
     if isinstance(layer, keras.layers.Dense):
-        shape = node.input_tensors[0].shape
+        shape = inputs[0]
         return {"kernel": _positions(shape, range(1, len(shape) - 1), path, layer, "input")}
     if isinstance(layer, keras.layers.EinsumDense):
         return {"kernel": _positions(out, _einsum_axes(layer.equation, len(out)), path, layer,
@@ -178,31 +175,24 @@ def count_layers(model, batch_size: int = 1) -> List[LayerCount]:
         UnsupportedModelError: `model` is not a built functional or Sequential Keras model.
         ProfileError: a counted layer has undefined spatial or leading dimensions.
     """
-    if not isinstance(model, keras.Model):
-        raise UnsupportedModelError(
-            f"expected a keras.Model (functional or Sequential); got {type(model).__name__}")
-    # Per enclosing model path: its call sites and how many times it runs per outer call.
-    scopes = {"": (_calls_by_layer(model), 1)}
+    calls = _layer_calls(model)
     counts = []
     for path, layer in iter_layers(model):
-        parent = path.rpartition(SEP)[0]
-        calls, repeats = scopes[parent]
-        nodes = calls.get(id(layer), [])
         if isinstance(layer, keras.Model):
-            scopes[path] = (_calls_by_layer(layer), repeats * len(nodes))
             continue
         by_name: Dict[str, int] = {}
         counted = True
-        for node in nodes:
-            per_call = _mac_positions(layer, node, path)
+        for inputs, outputs in calls.get(path, []):
+            per_call = _mac_positions(layer, inputs, outputs, path)
             if per_call is None:
                 counted = False
                 break
             for name, n in per_call.items():
-                by_name[name] = by_name.get(name, 0) + n * repeats * batch_size
+                by_name[name] = by_name.get(name, 0) + n * batch_size
         positions = {id(v): by_name[v.name] for v in layer.weights if v.name in by_name}
-        shapes = tuple(tuple(t.shape) for t in nodes[0].output_tensors) if nodes else ()
-        counts.append(LayerCount(path, layer, shapes, len(nodes) * repeats, positions, counted))
+        shapes = tuple(calls[path][0][1]) if path in calls else ()
+        counts.append(LayerCount(path, layer, shapes, len(calls.get(path, [])), positions,
+                                 counted))
     return counts
 
 
