@@ -112,3 +112,24 @@ class BudgetExceededError(ExportError):
 class ProfileError(TfpruneError, ValueError):
     """A model or argument that cannot be counted: a shape with undefined dimensions where
     MACs depend on it, or a batch size that is not a positive integer."""
+
+
+# --- export (strip-and-convert) ----------------------------------------------------------
+
+
+class InvalidExportOptionError(ExportError, ValueError):
+    """An export option outside what it accepts (a name that is not a C identifier, a batch
+    size or budget that is not a positive integer, ...)."""
+
+
+class CalibrationRequiredError(MissingCalibrationDataError, ExportError):
+    """Full-integer conversion was asked for without calibration data: the converter would
+    produce a hybrid (float-activation) model that TFLite Micro and the Edge TPU reject."""
+
+
+class OutputDirError(ExportError, OSError):
+    """The output folder cannot be written, or holds files that are not a tfprune export."""
+
+
+class MicroRuntimeUnavailableError(ExportError, ImportError):
+    """The TFLite Micro Python interpreter (`tflite-micro`) is not installed on this platform."""
