@@ -1,0 +1,19 @@
+"""Pruning during `fit`: targets, schedules, the pruning callback, wrappers, summaries, strip.
+
+```python
+import tfprune
+model.fit(x, y, epochs=10, callbacks=[
+    tfprune.MagnitudePruning(tfprune.Target(flops=0.5),
+                             tfprune.PolynomialDecay(begin_step=0, end_step=2000, frequency=200)),
+    tfprune.PruningSummaries("logs")])
+small = tfprune.strip(model)      # physically smaller, same outputs
+```
+"""
+
+from tfprune.keras.callback import PruningCallback, PruningEvent, active_pruning
+from tfprune.keras.magnitude import MagnitudePruning
+from tfprune.keras.schedules import ConstantSparsity, OneShot, PolynomialDecay, PruningSchedule
+from tfprune.keras.stripping import strip
+from tfprune.keras.summaries import PruningSummaries
+from tfprune.keras.targets import Target
+from tfprune.keras.wrapper import PruningWrapper, prunable
