@@ -29,6 +29,10 @@ from tfprune.profile import profile  # noqa: E402,F401
 # --- curvature ---------------------------------------------------------------------------
 
 # --- pruning during fit (keras/) ---------------------------------------------------------
+from tfprune import allocation, criteria  # noqa: E402,F401
+from tfprune.keras import (ConstantSparsity, MagnitudePruning, OneShot,  # noqa: E402,F401
+                           PolynomialDecay, PruningCallback, PruningSummaries, PruningWrapper,
+                           Target, prunable, strip)
 
 # --- methods -----------------------------------------------------------------------------
 

@@ -114,6 +114,17 @@ class ProfileError(TfpruneError, ValueError):
     MACs depend on it, or a batch size that is not a positive integer."""
 
 
+# --- pruning during fit (criteria, allocation, callbacks) --------------------------------
+
+
+class InvalidCriterionError(TfpruneError, ValueError):
+    """An unknown importance criterion, or one that cannot score the chosen granularity."""
+
+
+class InvalidPruningArgumentError(TfpruneError, ValueError):
+    """A pruning callback argument outside what it accepts (granularity, minimums, ...)."""
+
+
 # --- export (strip-and-convert) ----------------------------------------------------------
 
 
