@@ -349,9 +349,10 @@ class ArenaSize:
 def measure_arena(tflite_bytes, step: int = ARENA_STEP) -> ArenaSize:
     """The smallest tensor arena with which TFLite Micro allocates and runs the model.
 
-    A first probe with a large arena reads the allocator's total; a binary search over
-    multiples of `step` around it then finds the smallest size that allocates and completes
-    one `invoke()` on zeros. Every probe runs in its own child process, since a too-small
+    A first probe with a large arena reads the allocator's total; from there, steps that
+    double bracket the answer and a binary search over multiples of `step` finds the
+    smallest size that allocates and completes one `invoke()` on zeros (assuming, as the
+    allocator guarantees, that any larger arena works too). Every probe runs in its own child process, since a too-small
     arena may crash the interpreter.
 
     Args:
@@ -394,15 +395,21 @@ def measure_arena(tflite_bytes, step: int = ARENA_STEP) -> ArenaSize:
             if not _TOO_SMALL.search(result.stderr) or size >= _ARENA_LIMIT:
                 _raise_for_model(result, f"arena of {size} bytes")
             size *= 4
-        # Bracket the answer with the allocator's own total, then bisect: lo fails, hi runs.
+        # Bracket the answer starting from the allocator's own total (close, but off by
+        # alignment and planning for small models) with steps that double, then bisect.
+        # Invariant: lo fails (0 always does), hi runs.
         guess = max(step, math.ceil(int(_TOTAL.search(result.stderr).group(1)) / step) * step)
-        lo, hi = 0, size
+        delta = step
         if runs(guess).returncode == 0:
-            lo, hi = guess - step, guess
-            if lo > 0 and runs(lo).returncode == 0:
-                lo, hi = 0, lo
+            hi = guess
+            while hi - delta > 0 and runs(hi - delta).returncode == 0:
+                hi, delta = hi - delta, 2 * delta
+            lo = max(0, hi - delta)
         else:
             lo = guess
+            while lo + delta < size and runs(lo + delta).returncode != 0:
+                lo, delta = lo + delta, 2 * delta
+            hi = min(lo + delta, size)
         while hi - lo > step:
             mid = lo + (hi - lo) // (2 * step) * step
             lo, hi = (lo, mid) if runs(mid).returncode == 0 else (mid, hi)

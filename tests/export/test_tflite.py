@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+
+from tfprune.errors import (CalibrationRequiredError, ExportError, InvalidExportOptionError,
+                            MissingCalibrationDataError)
+from tfprune.export import MICRO_OPS, TfliteModel, run_tflite, to_tflite
+
+
+
+def test_int8_is_full_integer_with_static_batch_one(resnet8_tflite):
+    fb = TfliteModel(resnet8_tflite[1])
+    (inp,), (out,) = fb.main.inputs, fb.main.outputs
+    assert inp.dtype == "INT8" and out.dtype == "INT8"
+    assert inp.shape == (1, 32, 32, 3) and out.shape == (1, 10)
+    for t in fb.main.tensors:
+        assert not t.dynamic, t
+        if t.dtype == "FLOAT32":
+            pytest.fail(f"float tensor {t.name} in the int8 model")
+    # Raw 0-255 pixels: the calibration range gives scale 1 and zero point -128 (exact).
+    assert inp.scales == (1.0,) and inp.zero_points == (-128,)
+    assert set(fb.op_names()) <= set(MICRO_OPS)
+
+
+def test_float_tflite_matches_keras(resnet8, resnet8_tflite, calibration):
+    (y,) = run_tflite(resnet8_tflite[0], calibration[:8])
+    np.testing.assert_allclose(y, resnet8.predict(calibration[:8], verbose=0), atol=1e-5)
+
+
+def test_batch_size_is_fixed_in_the_flatbuffer(tiny_tflite):
+    model, x = tiny_tflite.model, tiny_tflite.x
+    fb_bytes = to_tflite(model, x, batch_size=4)
+    fb = TfliteModel(fb_bytes)
+    assert fb.main.inputs[0].shape == (4, 8, 8, 1) and fb.main.outputs[0].shape == (4, 3)
+    assert not any(t.dynamic for t in fb.main.tensors)
+    (y,) = run_tflite(fb_bytes, x[:6])          # 6 samples: one full batch, one padded
+    assert y.shape == (6, 3) and y.dtype == np.int8
+    (one,) = run_tflite(tiny_tflite.int8, x[:6])
+    np.testing.assert_array_equal(y, one)      # the batch changes no result
+
+
+def test_hybrid_conversion_is_refused_with_the_reason(tiny_tflite):
+    model = tiny_tflite.model
+    with pytest.raises(CalibrationRequiredError, match="hybrid") as info:
+        to_tflite(model)
+    assert "TFLite Micro" in str(info.value) and "int8=False" in str(info.value)
+    assert isinstance(info.value, MissingCalibrationDataError) and isinstance(info.value, ValueError)
+
+
+def test_bad_arguments_are_clear_errors(tiny_tflite):
+    model, x = tiny_tflite.model, tiny_tflite.x
+    with pytest.raises(InvalidExportOptionError, match="batch_size must be a positive integer"):
+        to_tflite(model, x, batch_size=0)
+    with pytest.raises(InvalidExportOptionError, match="keras.Model"):
+        to_tflite("model.keras", x)
+    with pytest.raises(CalibrationRequiredError, match="cannot fill one batch of 4"):
+        to_tflite(model, x[:2], batch_size=4)
+    with pytest.raises(ExportError, match="not a TFLite flatbuffer"):
+        TfliteModel(b"0123456789abcdef")
+
+
+def test_conversion_does_not_change_the_model(tiny_tflite):
+    assert tiny_tflite.model.get_config() == tiny_tflite.config
+    for a, b in zip(tiny_tflite.weights, tiny_tflite.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_unknown_input_size_is_refused():
+    import keras
+
+    inputs = keras.Input((None, None, 3))
+    model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
+    with pytest.raises(InvalidExportOptionError, match="only the batch axis may be undefined"):
+        to_tflite(model, int8=False)
