@@ -35,6 +35,7 @@ from tfprune.keras import (ConstantSparsity, MagnitudePruning, OneShot,  # noqa:
                            Target, prunable, strip)
 
 # --- methods -----------------------------------------------------------------------------
+from tfprune.keras.sosp import SOSPH  # noqa: E402,F401
 
 # --- export ------------------------------------------------------------------------------
 from tfprune import export  # noqa: E402,F401

@@ -144,3 +144,11 @@ class OutputDirError(ExportError, OSError):
 
 class MicroRuntimeUnavailableError(ExportError, ImportError):
     """The TFLite Micro Python interpreter (`tflite-micro`) is not installed on this platform."""
+
+
+# --- pruning methods (SOSP-H, rate-distortion pruning, one-shot prune) -------------------
+
+
+class MissingLossError(TfpruneError, ValueError):
+    """A method needs the model's loss (gradients, curvature) and has none: the model is not
+    compiled with a loss and no `loss=` was given."""
