@@ -90,3 +90,27 @@ def test_evaluate_speed_on_resnet8():
         cost.evaluate(counts)
         times.append(time.perf_counter() - t)
     assert np.median(times) < 1e-3   # measured: tens of microseconds
+
+
+APPLICATIONS = {
+    "ResNet50": 64, "ResNet50V2": 64, "MobileNet": 64, "MobileNetV2": 64,
+    "MobileNetV3Small": 64, "MobileNetV3Large": 64, "EfficientNetB0": 64,
+    "EfficientNetV2B0": 64, "DenseNet121": 64, "NASNetMobile": 64, "InceptionV3": 75,
+    "Xception": 71, "VGG16": 32, "ConvNeXtTiny": 32,
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", APPLICATIONS)
+def test_evaluate_equals_profile_of_shrunk_application(name):
+    size = APPLICATIONS[name]
+    model = getattr(keras.applications, name)(weights=None, input_shape=(size, size, 3),
+                                              classes=10)
+    cost = CostModel(model)
+    rng = np.random.default_rng(0)
+    for _ in range(2):
+        removed = _random_removal(cost.groups, rng)
+        small = tfprune.profile(tfprune.shrink(model, removed))
+        got = cost.evaluate({gid: len(c) for gid, c in removed.items()})
+        assert (got["flops"], got["params"], got["weight_bytes"]) == \
+            (small.flops, small.params, small.weight_bytes)

@@ -45,10 +45,11 @@ class CostModel:
     import numpy as np, tfprune
     model = tfprune.zoo.resnet8()
     cost = tfprune.profile.CostModel(model)
-    cost.dense["flops"]                        # same as tfprune.profile(model).flops
-    cost.evaluate({0: 8})["flops"]             # group 0 loses 8 channels
+    cost.dense["flops"]                          # == tfprune.profile(model).flops
+    g = next(g for g in cost.groups if g.prunable)
+    cost.evaluate({g.id: g.size // 2})["flops"]  # half of that group's channels gone
     cost.evaluate(np.zeros(len(cost.groups), int))["params"]
-    cost.marginal({0: 8})["flops"]             # per group: FLOPs saved by one more channel
+    cost.marginal({g.id: 4})["flops"]            # per group: FLOPs saved by one more channel
     ```
     """
 
@@ -62,6 +63,8 @@ class CostModel:
         self.sizes = np.array([g.size for g in self.groups], dtype=np.int64)
         self._granules = np.array([g.granule for g in self.groups], dtype=np.int64)
         self._prunable = np.array([g.prunable for g in self.groups], dtype=bool)
+        self._most = np.where(self._prunable, self.sizes - 1, 0)
+        self._blocks = bool((self._granules > 1).any())
         self._index = {int(gid): i for i, gid in enumerate(self.group_ids)}
         if len(self._index) != len(self.groups):
             raise ProfileError(f"groups have duplicate ids: {sorted(self.group_ids.tolist())}")
@@ -87,10 +90,13 @@ class CostModel:
                 row[gi] = row.get(gi, 0) + int(p.index_map.shape[1])
         rows = sorted(widths)
         affected = sorted({vi for vi, _ in rows})
-        self._matrix = np.zeros((len(rows), len(self.groups)), dtype=np.float64)
-        for r, key in enumerate(rows):
-            for gi, w in widths[key].items():
-                self._matrix[r, gi] = w
+        # Sparse (row, group, width) entries sorted by row: a gather and a segment sum, no BLAS
+        # (a threaded matrix product is slow on a busy machine and inexact in floats).
+        entries = [(r, gi, w) for r, key in enumerate(rows)
+                   for gi, w in sorted(widths[key].items())]
+        self._entry_group = np.array([gi for _, gi, _ in entries], dtype=np.int64)
+        self._entry_width = np.array([w for _, _, w in entries], dtype=np.int64)
+        self._row_starts = np.searchsorted([r for r, _, _ in entries], np.arange(len(rows)))
         self._dims = np.array([variables[vi].shape[axis] for vi, axis in rows], dtype=np.int64)
         # Rows are sorted by variable: each affected variable's rows start at `_starts`.
         row_vars = np.array([vi for vi, _ in rows], dtype=np.int64)
@@ -123,7 +129,7 @@ class CostModel:
                 multiple of the group's granule, or leaves a group with no channel.
             NotPrunableError: channels removed from a group that is not prunable.
         """
-        if isinstance(removed_counts, Mapping):
+        if not isinstance(removed_counts, np.ndarray) and isinstance(removed_counts, Mapping):
             n = np.zeros(len(self.groups), dtype=np.int64)
             for gid, k in removed_counts.items():
                 i = self._index.get(gid) if isinstance(gid, (int, np.integer)) else None
@@ -144,11 +150,15 @@ class CostModel:
             if n.dtype.kind not in "iuf" or (n.dtype.kind == "f" and np.any(n != np.round(n))):
                 raise InvalidRemovalError(
                     f"removed counts must be integers; got an array of dtype {n.dtype}")
-            n = n.astype(np.int64)
-        self._validate(n)
+            n = n.astype(np.int64, copy=False)
+        # One comparison in the common case: the bounds already say 0 for unprunable groups.
+        if not ((n >= 0) & (n <= self._most)).all() or (
+                self._blocks and (n % self._granules).any()):
+            self._diagnose(n)
         return n
 
-    def _validate(self, n: np.ndarray):
+    def _diagnose(self, n: np.ndarray):
+        """Raises the error that says what is wrong with counts that failed validation."""
         bad = (n < 0) | (n >= self.sizes)
         if np.any(bad):
             at = tuple(np.argwhere(bad)[0])
@@ -170,7 +180,8 @@ class CostModel:
         """`(..., 4)` int64 totals in the order of `_KEYS`."""
         if not len(self._dims):
             return np.broadcast_to(self._base, n.shape[:-1] + (4,)).copy()
-        removed = np.rint(n @ self._matrix.T).astype(np.int64)  # small integers: exact
+        removed = np.add.reduceat(n[..., self._entry_group] * self._entry_width,
+                                  self._row_starts, axis=-1)
         kept = np.multiply.reduceat(self._dims - removed, self._starts, axis=-1) * self._const
         return self._base + kept @ self._coef
 
@@ -200,9 +211,9 @@ class CostModel:
         """What removing one more channel of each group saves, from `removed_counts`.
 
         Useful to rank channels by saliency per FLOP (or per param, per byte). The saving is
-        the formula's, also where that removal is not allowed (a group down to one channel,
-        or one channel of a block when `granule > 1`: a whole block saves about `granule`
-        times as much).
+        the formula's, also where that removal is not allowed: for groups that are not
+        prunable (filter them with `g.prunable`), a group down to one channel, or one channel
+        of a block when `granule > 1` (a whole block saves about `granule` times as much).
 
         Args:
             removed_counts: as for `evaluate` (a single removal).
