@@ -6,11 +6,10 @@ difference points at a kernel or conversion problem rather than at quantization.
 default kernels, XNNPACK, round differently and are not expected to match.)
 
 Measured with the pinned versions (ai-edge-litert 2.3, tflite-micro 0.dev20261023): every
-op agrees bit for bit except FULLY_CONNECTED, whose requantization rounds exact halves
-differently (one rounding step in LiteRT, two in TFLite Micro), so an output that lands within
-a hair of .5 can differ by one step: about 1 sample in 100-200 for ResNet-8 on CIFAR-10.
-`first_divergence` locates the op where a mismatching sample first differs, so that this
-known case is told apart from a real problem.
+op agrees bit for bit except FULLY_CONNECTED, whose requantization rounds once in LiteRT and
+twice in TFLite Micro, so an output that lands a hair away from a half step can differ by one
+step (8 of 1,000 CIFAR-10 images on ResNet-8). `first_divergence` locates the op where a
+mismatching sample first differs, so that this known case is told apart from a real problem.
 
 Example:
 
