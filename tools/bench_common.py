@@ -493,7 +493,8 @@ def dense_resnet8(data_dir=None, seed: int = 0, epochs: int = PROTOCOL_DENSE_EPO
         log_stream: where epoch rows are printed (None: silent).
 
     Returns:
-        A Keras model (uncompiled if it was loaded without an optimizer) with trained weights.
+        The trained model, compiled as it was trained (Adam state included); `train` and
+        `fine_tune` recompile it. The cached file is never modified.
 
     Example:
 
