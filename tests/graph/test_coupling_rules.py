@@ -494,3 +494,14 @@ def test_every_channel_entry_is_in_exactly_one_slice(build):
             if isinstance(layer, layers.DepthwiseConv2D) and v.name == "kernel":
                 expected.add((path, "kernel", 2))
     assert expected <= set(covered)
+
+
+def test_inception_resnet_scaled_residual_merge():
+    from keras.src.applications.inception_resnet_v2 import CustomScaleLayer
+
+    inputs = keras.Input((8, 8, 3))
+    x = layers.Conv2D(6, 1, name="x")(inputs)
+    r = layers.Conv2D(6, 3, padding="same", name="r")(x)
+    y = CustomScaleLayer(0.2, name="scale")([x, r])
+    groups = tfprune.channel_groups(keras.Model(inputs, conv_head(y)))
+    assert group_of(groups, "x") is group_of(groups, "r") and group_of(groups, "x").prunable

@@ -481,6 +481,10 @@ for _cls in (layers.GlobalMaxPooling1D, layers.GlobalMaxPooling2D, layers.Global
 # Rules of layers that read several tensors; every other rule reads exactly one.
 _MULTI_INPUT_RULES = {layers.Concatenate: _concatenate}
 _MULTI_INPUT_RULES.update({cls: _merge_layer for cls in _MERGE_LAYERS})
+# Layers that Keras Applications define for themselves, by (module, class name): they have no
+# public class to match. InceptionResNetV2's residual merge computes `x + r * scale`.
+_MULTI_INPUT_RULES_BY_NAME = {
+    ("keras.src.applications.inception_resnet_v2", "CustomScaleLayer"): _merge_layer}
 
 # Keras ops used directly on symbolic tensors (`x + y`, `keras.ops.relu(x)`), by class name.
 _OP_RULES = {name: _op_merge for name in ("Add", "Subtract", "Multiply", "Maximum", "Minimum",
@@ -494,7 +498,9 @@ _OP_RULES.update({name: _op_elementwise for name in (
 def apply(g, call):
     """Applies the rule of `call`'s layer or op to the graph under construction `g`."""
     if call.is_layer:
-        rule = _MULTI_INPUT_RULES.get(type(call.op))
+        cls = type(call.op)
+        rule = _MULTI_INPUT_RULES.get(cls) or _MULTI_INPUT_RULES_BY_NAME.get(
+            (cls.__module__, cls.__name__))
         if rule is None:
             rule = _LAYER_RULES.get(type(call.op), _opaque)
             if len(call.inputs) != 1:
