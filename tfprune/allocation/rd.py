@@ -169,3 +169,126 @@ def rd_allocate(curves: Sequence, costs: Sequence, budget: float, min_density: f
     distortion = float(sum(d[k] for (d, _), k in zip(layers, levels)))
     cost = float(sum(c[k] for (_, c), k in zip(layers, levels)))
     return RDAllocation(levels=levels, distortion=distortion, cost=cost, budget=float(budget))
+
+
+@dataclasses.dataclass(frozen=True)
+class RDSolution:
+    """The result of `rd_solve`.
+
+    Attributes:
+        counts: units removed per pool (meets the problem's budget; restoring any one unit
+            would break it).
+        predicted: the summed single-pool distortions of `counts` (from the curves).
+        dp_budget: the largest dynamic-programming budget whose allocation met the true budget.
+        steps: dynamic programs solved during the bisection.
+        restored: units put back after the bisection to remove no more than needed.
+    """
+
+    counts: np.ndarray
+    predicted: float
+    dp_budget: float
+    steps: int
+    restored: int
+
+
+def rd_solve(problem, levels: Sequence, curves: Sequence, costs: Sequence,
+             max_bins: int = 20_000, max_steps: int = 60) -> RDSolution:
+    """Meets an `AllocationProblem`'s true budget with a rate-distortion allocation.
+
+    `rd_allocate` assumes that the cost of a pruning is the sum of per-pool costs. Structured
+    costs are not: a convolution's FLOPs are the product of its kept input and output
+    channels, so pruning two adjacent groups saves less than the sum of pruning each alone.
+    The dynamic program is therefore solved under a *DP budget* `B` (in the additive model:
+    `sum_l costs[l][k_l] - costs[l][last] <= B`), and `B` is bisected until the largest `B`
+    whose allocation meets the problem's true budget (`problem.meets`, e.g. the `CostModel`)
+    is found. Since the allocation of a grid of levels may overshoot the budget by up to a
+    level, units are then put back one at a time, the one whose return lowers the predicted
+    distortion most per unit of cost first, as long as the true budget still holds: the
+    result meets the budget and removes no more than needed (to within one unit of one pool).
+
+    Args:
+        problem: a `tfprune.allocation.AllocationProblem` (pools, `meets`, `unit_costs`).
+        levels: per pool, the candidate removed counts, ascending, from the count the pool
+            has removed already to its maximum.
+        curves: per pool, the distortion at each level (0 at the first).
+        costs: per pool, the cost that remains at each level (non-increasing), in the
+            additive model.
+        max_bins: the size of the dynamic program's cost table (see `rd_allocate`).
+        max_steps: the most bisection steps.
+
+    Returns:
+        An `RDSolution`.
+
+    Raises:
+        InvalidTargetError: even every pool at its maximum misses the budget.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from tfprune.allocation import AllocationProblem, Pool
+    from tfprune.allocation.rd import rd_solve
+    pools = [Pool("a", np.zeros(4), np.zeros(4, bool), 3),
+             Pool("b", np.zeros(4), np.zeros(4, bool), 3)]
+    # the true budget is not additive: kept cost = (4 - a) * (4 - b), at most 6
+    problem = AllocationProblem(pools, lambda n: (4 - n[0]) * (4 - n[1]) <= 6)
+    levels = [np.arange(4), np.arange(4)]
+    curves = [np.array([0, 1, 2, 9.0]), np.array([0, 3, 6, 9.0])]
+    costs = [4 - levels[0], 4 - levels[1]]
+    rd_solve(problem, levels, curves, costs).counts      # array([2, 1]): (4-2)*(4-1) = 6
+    ```
+    """
+    levels = [np.asarray(l, dtype=np.int64) for l in levels]
+    curves = [np.asarray(c, dtype=np.float64) for c in curves]
+    # DP costs relative to each pool's cheapest level: non-negative, 0 at the maximum removal.
+    relative = [np.asarray(c, dtype=np.float64) - float(np.min(c)) for c in costs]
+    problem.check_reachable()
+
+    def allocation(budget):
+        a = rd_allocate(curves, relative, budget, max_bins=max_bins)
+        return np.array([l[k] for l, k in zip(levels, a.levels)], dtype=np.int64)
+
+    lo, hi = 0.0, float(sum(r.max() for r in relative))
+    best, steps = allocation(lo), 1
+    if not problem.meets(best):  # a cost model that disagrees with the curves' costs
+        best = problem.max_counts()
+    top = allocation(hi)
+    steps += 1
+    if problem.meets(top):
+        best, lo = top, hi
+    resolution = max(hi * 1e-7, 1e-9)
+    while hi - lo > resolution and steps < max_steps:
+        mid = 0.5 * (lo + hi)
+        counts = allocation(mid)
+        steps += 1
+        if problem.meets(counts):
+            best, lo = counts, mid
+        else:
+            hi = mid
+
+    def predicted(counts):
+        return float(sum(np.interp(n, l, c) for n, l, c in zip(counts, levels, curves)))
+
+    counts, restored = best.copy(), 0
+    floor = np.array([l[0] for l in levels], dtype=np.int64)
+    while True:
+        candidates = np.flatnonzero(counts > floor)
+        if not candidates.size:
+            break
+        # What putting a unit back costs, approximated by what removing one more saves.
+        unit = np.ones(len(counts)) if problem.unit_costs is None else \
+            np.asarray(problem.unit_costs(counts), dtype=np.float64)
+        gains = np.array([np.interp(counts[i], levels[i], curves[i])
+                          - np.interp(counts[i] - 1, levels[i], curves[i])
+                          for i in candidates])
+        with np.errstate(divide="ignore", invalid="ignore"):
+            keys = np.where(unit[candidates] > 0, gains / unit[candidates], np.inf)
+        for i in candidates[np.argsort(-keys, kind="stable")]:
+            trial = counts.copy()
+            trial[i] -= 1
+            if problem.meets(trial):
+                counts, restored = trial, restored + 1
+                break
+        else:
+            break
+    return RDSolution(counts, predicted(counts), lo, steps, restored)
