@@ -30,7 +30,6 @@ from tfprune.export import to_tflite  # noqa: E402
 
 BATCH = 32
 LEARNING_RATE = 3e-3
-KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 
 
 def parse_args(argv=None):
@@ -71,25 +70,19 @@ def fit(model, data, epochs, seed):
 def lowest_l1_half(model, groups):
     """`{group id: channels}`: the half of each prunable group with the smallest L1 norm.
 
-    A channel's norm is the sum of |w| over the producer kernel entries that carry it.
+    A channel's norm is the sum of |w| over the producer kernel entries that carry it
+    (`tfprune.criteria.Magnitude("l1")`); channels go in whole blocks when `granule > 1`.
     """
+    l1 = tfprune.criteria.Magnitude("l1")
+    context = tfprune.criteria.ScoringContext(model, groups=groups)
     removed = {}
     for g in groups:
-        if not g.prunable or g.size < 2:
-            continue
-        norms = np.zeros(g.size)
-        for p in g.params:
-            if p.role == "producer" and p.weight in KERNELS:
-                w = np.abs(tfprune.graph.find_variable(model, p.layer, p.weight).numpy())
-                per_entry = np.moveaxis(w, p.axis, 0).reshape(w.shape[p.axis], -1).sum(axis=1)
-                norms += per_entry[p.index_map].sum(axis=1)
-        count = (g.size // 2) // g.granule * g.granule
-        if count:
-            # Blocks of `granule` channels go together: rank blocks by their summed norm.
-            blocks = norms.reshape(-1, g.granule).sum(axis=1)
-            worst = np.argsort(blocks, kind="stable")[: count // g.granule]
-            removed[g.id] = np.sort((worst[:, None] * g.granule
-                                     + np.arange(g.granule)).reshape(-1)).tolist()
+        blocks = g.size // g.granule
+        if g.prunable and blocks >= 2:
+            norms = l1(g, context).reshape(blocks, g.granule).sum(axis=1)
+            lowest = np.argsort(norms, kind="stable")[: blocks // 2]
+            channels = lowest[:, None] * g.granule + np.arange(g.granule)
+            removed[g.id] = np.sort(channels.reshape(-1)).tolist()
     return removed
 
 
