@@ -130,6 +130,9 @@ def test_layer_normalization_over_channels_is_not_prunable():
     g = group_of(groups, "c")
     assert not g.prunable
     assert "'ln'" in g.reason and "LayerNormalization" in g.reason and "normalizes" in g.reason
+    # The channels stay one group (blocked) with the normalization's weights in it.
+    assert {p.weight for p in member(g, "ln").params} == {"gamma", "beta"}
+    assert member(g, "head").role == CONSUMER
 
 
 def test_layer_normalization_over_time_is_per_channel():

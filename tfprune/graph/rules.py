@@ -41,8 +41,8 @@ def _check_activation(g, ids, axis):
     rank = len(g.shape(g.call.outputs[0]))
     if fn is not None and fn not in _ELEMENTWISE_ACTIVATIONS and axis % rank == rank - 1:
         name = getattr(fn, "__name__", type(fn).__name__)
-        g.block(ids, f"{g.call.describe()} applies the activation {name!r} across its channels, "
-                     "which mixes them")
+        g.block(ids, f"{g.call.describe()} applies the activation {name!r} across the channel "
+                     "axis, which mixes channels")
 
 
 def _mismatch(g, key, axis):
@@ -155,14 +155,24 @@ def _batch_norm(g):
 
 
 def _normalize_over(g, axes, what):
-    """Layers that normalize over `axes`: per-channel unless the channel axis is among them."""
-    x = g.call.inputs[0]
+    """Layers that normalize over `axes`: per-channel unless the channel axis is among them.
+
+    Over the channel axis the output's channels are still the input's, but removing one would
+    change the others: the group is kept whole and blocked, with the layer's weights in it.
+    """
+    call = g.call
+    x = call.inputs[0]
     t = g.tensors[x]
-    axes = {a % len(t.shape) for a in (axes if isinstance(axes, (list, tuple)) else [axes])}
-    if t.ids is None or t.opaque is not None or t.axis in axes:
-        return g.opaque(f"{g.call.describe()} {what} across the channel axis, so removing a "
-                        "channel would change the others")
-    g.set_output(0, t.axis, t.ids)
+    if t.ids is None:
+        return g.opaque(f"{call.describe()} reads a tensor without channels")
+    axes = sorted({a % len(t.shape) for a in (axes if isinstance(axes, (list, tuple)) else [axes])})
+    g.set_output(0, t.axis, t.ids, like=x)
+    if t.axis in axes:
+        for v in call.op.weights:
+            if len(v.shape) == len(axes):
+                g.param(v.name, axes.index(t.axis), t.ids, PRODUCER, PASSTHROUGH)
+        g.block(t.ids, f"{call.describe()} {what} across the channel axis, so removing a "
+                       "channel would change the others")
 
 
 def _layer_norm(g):
@@ -261,12 +271,10 @@ def _elementwise(g):
 def _activation(g):
     x = g.call.inputs[0]
     t = g.tensors[x]
-    fn = g.call.op.activation
-    if fn not in _ELEMENTWISE_ACTIVATIONS and (t.ids is None or t.axis == len(t.shape) - 1):
-        name = getattr(fn, "__name__", type(fn).__name__)
-        return g.opaque(f"{g.call.describe()} applies {name!r} across the channel axis, "
-                        "which mixes channels")
+    if t.ids is None:
+        return g.opaque(f"{g.call.describe()} reads a tensor without channels")
     g.set_output(0, t.axis, t.ids, like=x)
+    _check_activation(g, t.ids, t.axis)
 
 
 def _spatial(g):
