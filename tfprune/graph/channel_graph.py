@@ -87,7 +87,7 @@ class ChannelGraph:
         self.call_index = 0
         for name, key in self.trace.inputs:
             t = self.tensors[key]
-            if len(t.shape) >= 2:
+            if len(t.shape) >= 2 and t.shape[-1] is not None:
                 t.axis, t.ids = len(t.shape) - 1, self.new_ids(t.shape[-1])
                 t.opaque = f"they are channels of the model input {name!r}"
                 self.block(t.ids, t.opaque)

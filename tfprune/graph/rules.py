@@ -21,7 +21,6 @@ from tfprune.graph.group import CONSUMER, PASSTHROUGH, PRODUCER
 
 # Activations that act on each element alone; every other one (softmax, log_softmax,
 # sparsemax, glu, custom functions) mixes the channels it is applied across.
-_MIXING_ACTIVATIONS = ("softmax", "log_softmax", "sparsemax", "glu")
 _ELEMENTWISE_ACTIVATIONS = {
     keras.activations.get(name) for name in (
         "celu", "elu", "exponential", "gelu", "hard_shrink", "hard_sigmoid", "hard_silu",
