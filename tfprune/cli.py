@@ -68,8 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("model", metavar="MODEL", help="a .keras file")
     c.add_argument("--calibration", metavar="DATA",
                    help="int8 calibration and verification data: an image folder "
-                        "(<class>/<image>), a folder of .bin files with y_labels.csv, an .npz/.npy, "
-                        "or tfds:NAME[:SPLIT]; fed to the model as stored (no rescaling)")
+                        "(<class>/<image>), a folder of .bin files with y_labels.csv, an "
+                        ".npz/.npy, or tfds:NAME[:SPLIT]; fed to the model as stored (no "
+                        "rescaling)")
     c.add_argument("--out", required=True, metavar="DIR",
                    help="output folder (new, empty, or a previous export, which is replaced)")
     c.add_argument("--eval", metavar="DATA", help="labelled data for top-1 accuracy")

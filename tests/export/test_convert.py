@@ -100,11 +100,28 @@ def test_baseline_side_by_side(tmp_path):
     report = convert(small, tmp_path / "out", calibration=x, baseline=dense, name="small",
                      latency_runs=2)
     assert report.baseline.profile["params"] == dense.count_params()
-    assert report.ratios["profile.params"] == pytest.approx(small.count_params() / dense.count_params())
+    ratio = small.count_params() / dense.count_params()
+    assert report.ratios["profile.params"] == pytest.approx(ratio)
     assert report.ratios["tflite.int8_bytes"] < 1 and report.ratios["profile.flops"] < 1
     assert "| baseline | ratio |" in (tmp_path / "out" / "report.md").read_text()
     for a, b in zip(weights, small.get_weights()):     # the user's model is left alone
         np.testing.assert_array_equal(a, b)
+
+
+def test_pruned_channels_are_stripped_before_conversion(tmp_path):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    model = tiny_cnn(widths=(8, 8), name="pruned")
+    group = next(g for g in tfprune.channel_groups(model) if g.prunable)
+    masked = tfprune.mask_channels(model, {group.id: [0, 1, 2, 3]})   # what channel pruning leaves
+    x = random_images(16, (8, 8, 1))
+    report = convert(masked, tmp_path / "out", calibration=x, latency_runs=2)
+    strip = report.model["strip"]
+    assert strip["method"] == "tfprune.strip" and strip["params_after"] < strip["params_before"]
+    saved = keras.saving.load_model(tmp_path / "out" / "model.keras")
+    assert saved.count_params() == strip["params_after"] == report.profile["params"]
+    np.testing.assert_allclose(saved.predict(x, verbose=0), masked.predict(x, verbose=0), atol=1e-5)
 
 
 def test_float_only_export_needs_no_calibration_and_replaces_a_previous_export(tmp_path):

@@ -67,7 +67,8 @@ def test_bad_sources_are_clear_errors(tmp_path, make, message):
 
 
 def test_wrong_shape_and_dataset_root_are_clear_errors(tmp_path):
-    with pytest.raises(DataError, match=r"samples of shape \(2, 2, 1\); the model takes \(4, 4, 3\)"):
+    with pytest.raises(DataError,
+                       match=r"samples of shape \(2, 2, 1\); the model takes \(4, 4, 3\)"):
         load_data(np.zeros((3, 2, 2, 1)), input_shape=(4, 4, 3))
     _write_images(tmp_path / "root" / "train")
     _write_images(tmp_path / "root" / "test")

@@ -15,7 +15,8 @@ def test_float_model_is_not_ready_and_says_why(resnet8_tflite):
     report = edgetpu_check(resnet8_tflite[0])
     assert not report.ready and report.mapped_ops == 0
     assert report.first_unsupported["index"] == 0
-    assert "FLOAT32" in report.first_unsupported["reason"] and "not int8" in report.first_unsupported["reason"]
+    reason = report.first_unsupported["reason"]
+    assert "FLOAT32" in reason and "not int8" in reason
 
 
 def test_mapping_stops_at_the_first_unsupported_op_and_names_its_layer():

@@ -43,7 +43,8 @@ def test_hybrid_conversion_is_refused_with_the_reason(tiny_tflite):
     with pytest.raises(CalibrationRequiredError, match="hybrid") as info:
         to_tflite(model)
     assert "TFLite Micro" in str(info.value) and "int8=False" in str(info.value)
-    assert isinstance(info.value, MissingCalibrationDataError) and isinstance(info.value, ValueError)
+    assert isinstance(info.value, MissingCalibrationDataError)
+    assert isinstance(info.value, ValueError)
 
 
 def test_bad_arguments_are_clear_errors(tiny_tflite):

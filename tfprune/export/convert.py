@@ -51,14 +51,33 @@ DEFAULT_SAMPLES = 200
 
 
 def load_keras_model(source):
-    """A `keras.Model` from a model or a `.keras` file, with a clear error for anything else."""
+    """A `keras.Model` from a model or a `.keras` file, with a clear error for anything else.
+
+    Args:
+        source: a `keras.Model`, or the path of a `.keras` file (loaded without compiling).
+
+    Returns:
+        `(model, description)`: the model and where it came from (the path, or
+        `"<in-memory model>"`).
+
+    Raises:
+        NotAKerasModelError: a missing file, a file that is not a `.keras` archive, or one
+            that Keras cannot load (the message quotes Keras' reason).
+
+    Example:
+
+    ```python
+    model, where = load_keras_model("small.keras")
+    ```
+    """
     import keras
 
     if isinstance(source, keras.Model):
         return source, "<in-memory model>"
     if not isinstance(source, (str, os.PathLike)):
         raise NotAKerasModelError(
-            f"model must be a keras.Model or the path of a .keras file; got {type(source).__name__}")
+            "model must be a keras.Model or the path of a .keras file; got "
+            f"{type(source).__name__}")
     path = pathlib.Path(source)
     if not path.is_file():
         raise NotAKerasModelError(f"model file {str(path)!r} does not exist")
@@ -73,7 +92,8 @@ def load_keras_model(source):
         raise NotAKerasModelError(f"{str(path)!r} could not be loaded as a Keras model: "
                                   f"{type(e).__name__}: {e}") from e
     if not isinstance(model, keras.Model):
-        raise NotAKerasModelError(f"{str(path)!r} holds a {type(model).__name__}, not a keras.Model")
+        raise NotAKerasModelError(
+            f"{str(path)!r} holds a {type(model).__name__}, not a keras.Model")
     return model, str(path)
 
 
@@ -187,7 +207,8 @@ class _Measurement:
         self.files: Dict[str, bytes] = {}
         self.sections = {"model": {
             "name": model.name, "source": source,
-            "input_shape": list(model.inputs[0].shape[1:]), "input_dtype": str(model.inputs[0].dtype),
+            "input_shape": list(model.inputs[0].shape[1:]),
+            "input_dtype": str(model.inputs[0].dtype),
             "output_shapes": [list(o.shape[1:]) for o in model.outputs],
             "strip": {"method": strip_method, "params_before": params_before,
                       "params_after": int(model.count_params())}}}
@@ -221,9 +242,10 @@ class _Measurement:
             "float_ops_in_int8": [] if int8_fb is None else _float_ops(fb),
             "inputs": [_tensor_info(t) for t in fb.main.inputs],
             "outputs": [_tensor_info(t) for t in fb.main.outputs]}
-        if self.sections["tflite"]["float_ops_in_int8"]:
+        float_ops = self.sections["tflite"]["float_ops_in_int8"]
+        if float_ops:
             self.notes.append("ops computing in float inside the int8 model (slow on MCUs, not "
-                              f"Edge TPU-ready): {', '.join(self.sections['tflite']['float_ops_in_int8'])}")
+                              f"Edge TPU-ready): {', '.join(float_ops)}")
         micro.check_micro_ops(deploy, self.model, deploy_name)
         if budgets and o["max_flash"] is not None and len(deploy) > o["max_flash"]:
             raise BudgetExceededError(
@@ -245,7 +267,8 @@ class _Measurement:
         if budgets and o["max_arena"] is not None:
             if arena is None:
                 raise MicroRuntimeUnavailableError(
-                    "--max-arena needs the arena measured with TFLite Micro, which is not installed")
+                    "--max-arena needs the arena measured with TFLite Micro, which is not "
+                    "installed")
             if arena.bytes > o["max_arena"]:
                 raise BudgetExceededError(
                     f"the TFLite Micro arena of {deploy_name} is {arena.bytes:,} bytes, over the "
@@ -296,7 +319,8 @@ class _Measurement:
         kind = "int8" if self.options["int8"] else "float"
         keras_out = _outputs(self.model, x)
         if len(keras_out) != 1 or _top1(keras_out[0]) is None:
-            self.notes.append("accuracy not measured: top-1 needs one output of shape (batch, classes)")
+            self.notes.append(
+                "accuracy not measured: top-1 needs one output of shape (batch, classes)")
             return
         acc = {"samples": int(len(x)), "top1_float_keras": float(np.mean(_top1(keras_out[0]) == y))}
         (lite,) = run_tflite(deploy, x, "litert")
@@ -427,8 +451,9 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
         if eval_data is not None:
             evaluation = load_data(eval_data, shape, eval_samples, seed)
             if evaluation[1] is None:
-                raise DataError(f"evaluation data {eval_data!r} has no labels; accuracy needs "
-                                "(x, y): an image folder, .bin + y_labels.csv, an .npz with y, or tfds:")
+                raise DataError(
+                    f"evaluation data {eval_data!r} has no labels; accuracy needs (x, y): an "
+                    "image folder, .bin + y_labels.csv, an .npz with y, or tfds:")
         load_s = time.perf_counter() - t0
         main = _Measurement(stripped, where, method, params_before, options)
         report = main.run(calib, evaluation, budgets=True)

@@ -98,6 +98,12 @@ def load_data(source, input_shape=None, limit: Optional[int] = None,
     Raises:
         DataError: a source that does not exist or cannot be read, or samples whose shape
             does not fit `input_shape`.
+
+    Example:
+
+    ```python
+    x, y = load_data("tfds:cifar10:train[:1000]", input_shape=(32, 32, 3), limit=200)
+    ```
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer; got {limit!r}")

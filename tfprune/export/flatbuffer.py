@@ -162,7 +162,8 @@ def _read_subgraph(model, sg) -> Subgraph:
             index=k, name=name, custom=custom, version=int(code.version),
             inputs=tuple(tensors[i] for i in _indices(op.inputs) if i >= 0),
             outputs=tuple(tensors[i] for i in _indices(op.outputs) if i >= 0),
-            fused_activation=None if activation is None else _ACTIVATIONS.get(activation, str(activation)),
+            fused_activation=(None if activation is None
+                              else _ACTIVATIONS.get(activation, str(activation))),
             options=op.builtinOptions))
     return Subgraph(tensors=tensors, ops=tuple(ops),
                     inputs=tuple(tensors[i] for i in _indices(sg.inputs)),
@@ -174,7 +175,8 @@ def _indices(values) -> List[int]:
 
 
 def _read_tensor(model, index, t) -> Tensor:
-    buffer = model.buffers[t.buffer] if model.buffers and 0 < t.buffer < len(model.buffers) else None
+    buffers = model.buffers or []
+    buffer = buffers[t.buffer] if 0 < t.buffer < len(buffers) else None
     constant = buffer is not None and (
         (buffer.data is not None and len(buffer.data) > 0) or bool(getattr(buffer, "size", 0)))
     q = t.quantization
@@ -207,6 +209,13 @@ def source_layers(op: Op, model) -> List[str]:
     Returns:
         Layer paths (`"outer/inner"` in nested models), without duplicates; empty when no
         name maps to a layer.
+
+    Example:
+
+    ```python
+    fb = TfliteModel(to_tflite(model, int8=False))
+    source_layers(fb.main.ops[0], model)      # ['conv2d', 'batch_normalization', 'activation']
+    ```
     """
     found: List[str] = []
     for tensor in op.outputs:
@@ -220,7 +229,8 @@ def source_layers(op: Op, model) -> List[str]:
 def _match(model, scope: str):
     import keras
 
-    names = {layer.name: layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)}
+    names = {layer.name: layer for layer in model.layers
+             if not isinstance(layer, keras.layers.InputLayer)}
     m = _SUFFIX.match(scope)
     if m and m.group(1) in names:
         return names[m.group(1)]
@@ -249,7 +259,21 @@ def _is_scope_of(name: str, scope: str) -> bool:
 
 
 def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:
-    """`x` in the tensor's type: quantized with its scale and zero point when it is integer."""
+    """`x` in a tensor's type: quantized with its scale and zero point when it is integer.
+
+    Args:
+        x: values as the model takes them (e.g. raw pixels as float or uint8).
+        tensor: the flatbuffer's input tensor.
+
+    Returns:
+        `clip(round(x / scale) + zero_point)` in the integer type, or `x` cast to a float type.
+
+    Example:
+
+    ```python
+    q = quantize(pixels, TfliteModel(int8_tflite).main.inputs[0])   # pixel - 128 for resnet8
+    ```
+    """
     dtype = _NUMPY_TYPES.get(tensor.dtype)
     if dtype is None:
         raise ExportError(f"input tensor {tensor.name!r} has type {tensor.dtype}, which tfprune "
@@ -263,7 +287,22 @@ def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:
 
 
 def dequantize(q: np.ndarray, tensor: Tensor) -> np.ndarray:
-    """Float values of an output of the tensor's type (unchanged when it is float)."""
+    """Float values of a tensor's integer data: `(q - zero_point) * scale`.
+
+    Args:
+        q: output values (e.g. int8).
+        tensor: the flatbuffer's output tensor.
+
+    Returns:
+        float32 values (`q` cast to float32 when the tensor is not quantized).
+
+    Example:
+
+    ```python
+    (y,) = run_tflite(int8_tflite, x)
+    probabilities = dequantize(y, TfliteModel(int8_tflite).main.outputs[0])
+    ```
+    """
     q = np.asarray(q)
     if tensor.scales and np.issubdtype(q.dtype, np.integer):
         return (q.astype(np.float32) - tensor.zero_points[0]) * np.float32(tensor.scales[0])

@@ -89,9 +89,10 @@ REPLACEMENTS: Dict[str, str] = {
     "GELU": ("keras.activations.gelu (exact or approximate=True: the converter fuses both into "
              "GELU) -> use 'relu' or 'hard_swish' (HARD_SWISH), or write an approximation out: "
              "x * keras.ops.sigmoid(1.702 * x) (LOGISTIC, MUL) or "
-             "0.5 * x * (1 + keras.ops.tanh(0.7978845608 * (x + 0.044715 * x**3))) (TANH, MUL, ADD)"),
-    "TILE": ("keras.layers.UpSampling2D(interpolation='nearest') and keras.ops.tile/repeat lower to "
-             "TILE -> use keras.layers.Resizing(height * size, width * size, "
+             "0.5 * x * (1 + keras.ops.tanh(0.7978845608 * (x + 0.044715 * x**3))) "
+             "(TANH, MUL, ADD)"),
+    "TILE": ("keras.layers.UpSampling2D(interpolation='nearest') and keras.ops.tile/repeat lower "
+             "to TILE -> use keras.layers.Resizing(height * size, width * size, "
              "interpolation='nearest') (RESIZE_NEAREST_NEIGHBOR, the same values) or "
              "UpSampling2D(interpolation='bilinear') (RESIZE_BILINEAR)"),
     "POW": ("keras.ops.power with a non-integer exponent lowers to POW -> use keras.ops.square, "
@@ -113,7 +114,14 @@ _TOO_SMALL = re.compile(r"missing: \d+|available \d+")
 
 
 def micro_available() -> bool:
-    """Whether the TFLite Micro Python interpreter (`tflite-micro`) is installed."""
+    """Whether the TFLite Micro Python interpreter (`tflite-micro`) is installed.
+
+    Example:
+
+    ```python
+    arena = measure_arena(int8_tflite) if micro_available() else None
+    ```
+    """
     return importlib.util.find_spec("tflite_micro") is not None
 
 
@@ -147,6 +155,13 @@ def micro_unsupported_ops(tflite_bytes, model=None) -> List[dict]:
     Returns:
         One dict per unsupported op name: `op`, `index` (first use), `layers` (Keras layer
         paths with their classes, when `model` is given) and `replacement` (or None).
+
+    Example:
+
+    ```python
+    micro_unsupported_ops(to_tflite(model, int8=False), model)
+    # [{'op': 'GELU', 'index': 3, 'layers': ['act (Activation)'], 'replacement': '...'}]
+    ```
     """
     fb = TfliteModel(tflite_bytes)
     found: Dict[str, dict] = {}
@@ -163,11 +178,27 @@ def micro_unsupported_ops(tflite_bytes, model=None) -> List[dict]:
 def _describe_layers(op, model) -> List[str]:
     from tfprune.graph.paths import find_layer
 
-    return [f"{path} ({type(find_layer(model, path)).__name__})" for path in source_layers(op, model)]
+    return [f"{path} ({type(find_layer(model, path)).__name__})"
+            for path in source_layers(op, model)]
 
 
 def check_micro_ops(tflite_bytes, model=None, file_name: str = "the model") -> None:
-    """Raises `UnsupportedOpError` naming each op TFLite Micro lacks, its layer and a fix."""
+    """Raises `UnsupportedOpError` naming each op TFLite Micro lacks, its layer and a fix.
+
+    Args:
+        tflite_bytes: the flatbuffer.
+        model: the Keras model it came from (to name layers), or None.
+        file_name: how the message refers to the flatbuffer.
+
+    Raises:
+        UnsupportedOpError: one line per missing op (see `micro_unsupported_ops`).
+
+    Example:
+
+    ```python
+    check_micro_ops(int8_tflite, model, "model_int8.tflite")
+    ```
+    """
     missing = micro_unsupported_ops(tflite_bytes, model)
     if not missing:
         return
@@ -307,7 +338,8 @@ def _raise_for_model(result, what: str):
             f"TFLite Micro has no kernel for {', '.join(dict.fromkeys(missing))} ({what}); "
             "see tfprune.export.MICRO_OPS")
     tail = "\n".join(result.stderr.strip().splitlines()[-8:])
-    raise ExportError(f"TFLite Micro could not run the model ({what}; exit {result.returncode}):\n{tail}")
+    raise ExportError(
+        f"TFLite Micro could not run the model ({what}; exit {result.returncode}):\n{tail}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -351,8 +383,8 @@ def measure_arena(tflite_bytes, step: int = ARENA_STEP) -> ArenaSize:
 
     A first probe with a large arena reads the allocator's total; from there, steps that
     double bracket the answer and a binary search over multiples of `step` finds the
-    smallest size that allocates and completes one `invoke()` on zeros (assuming, as the
-    allocator guarantees, that any larger arena works too). Every probe runs in its own child process, since a too-small
+    smallest size that allocates and completes one `invoke()` on zeros (assuming that any
+    larger arena works too). Every probe runs in its own child process, since a too-small
     arena may crash the interpreter.
 
     Args:
@@ -422,7 +454,22 @@ def measure_arena(tflite_bytes, step: int = ARENA_STEP) -> ArenaSize:
 
 
 def arena_runs(tflite_bytes, size: int) -> bool:
-    """Whether TFLite Micro allocates and runs the model with a `size`-byte arena."""
+    """Whether TFLite Micro allocates and runs the model with a `size`-byte arena.
+
+    Args:
+        tflite_bytes: the flatbuffer.
+        size: arena bytes.
+
+    Returns:
+        True when a child process created the interpreter and invoked it once on zeros.
+
+    Example:
+
+    ```python
+    arena = measure_arena(int8_tflite)
+    arena_runs(int8_tflite, arena.bytes), arena_runs(int8_tflite, arena.bytes - 1024)  # T, F
+    ```
+    """
     _require_micro()
     with tempfile.TemporaryDirectory(prefix="tfprune-arena-") as tmp:
         path = pathlib.Path(tmp) / "model.tflite"
@@ -443,6 +490,12 @@ def run_micro(tflite_bytes, inputs, arena_size: Optional[int] = None, repeat: in
     Returns:
         `(outputs, median_ms)`: one array per model output (raw, e.g. int8), stacked over
         samples, and the median invoke time in milliseconds (NaN when `repeat` is 0).
+
+    Example:
+
+    ```python
+    (y,), ms = run_micro(int8_tflite, x[:100], arena_size=arena.bytes, repeat=50)
+    ```
     """
     _require_micro()
     fb = TfliteModel(tflite_bytes)
@@ -465,6 +518,21 @@ def trace_micro(tflite_bytes, inputs) -> Dict[int, np.ndarray]:
 
     Keeping every tensor defeats the arena's reuse of memory, so this runs with a 16 MiB
     arena whatever the model's measured size.
+
+    Args:
+        tflite_bytes: the flatbuffer.
+        inputs: samples as for `run_micro`; only the first batch is run.
+
+    Returns:
+        `{tensor index: array}` for the outputs of every op of the first subgraph.
+
+    Example:
+
+    ```python
+    tensors = trace_micro(int8_tflite, x[:1])
+    op = TfliteModel(int8_tflite).main.ops[0]
+    tensors[op.outputs[0].index].shape
+    ```
     """
     _require_micro()
     fb = TfliteModel(tflite_bytes)

@@ -122,14 +122,16 @@ class Report:
             lines.append(f"  {label:<28} {_fmt(value)}{extra}")
         v = self.verification or {}
         if "micro_vs_litert_reference" in v:
-            lines.append(f"  TFLite Micro vs LiteRT ref   {_agreement(v['micro_vs_litert_reference'])}")
+            agreement = _agreement(v["micro_vs_litert_reference"])
+            lines.append(f"  TFLite Micro vs LiteRT ref   {agreement}")
         for key, value in (self.accuracy or {}).items():
             if key.startswith("top1_"):
                 lines.append(f"  top-1 {key[5:]:<22} {100 * value:.2f}%")
         if self.edgetpu is not None:
             e = self.edgetpu
-            lines.append(f"  Edge TPU                     "
-                         f"{'ready' if e['ready'] else 'not ready'} ({e['mapped_ops']}/{e['total_ops']} ops)")
+            state = "ready" if e["ready"] else "not ready"
+            lines.append(f"  Edge TPU                     {state} "
+                         f"({e['mapped_ops']}/{e['total_ops']} ops)")
         return "\n".join(lines)
 
     def to_markdown(self) -> str:
@@ -159,7 +161,8 @@ class Report:
                     f"({a['step']}-byte steps, {a['probes']} probes; allocator total "
                     f"{a['used_bytes']:,} = head {a['head_bytes']:,} + tail {a['tail_bytes']:,}). "
                     f"Recommended: **{a['recommended']:,} bytes**: {a['margin']}."]
-        out += ["", "## Ops", "", ", ".join(f"{k} x{v}" for k, v in self.tflite.get("ops", {}).items())]
+        ops = self.tflite.get("ops", {})
+        out += ["", "## Ops", "", ", ".join(f"{k} x{v}" for k, v in ops.items())]
         if self.tflite.get("float_ops_in_int8"):
             out.append(f"\nOps computing in float inside the int8 model: "
                        f"{', '.join(self.tflite['float_ops_in_int8'])}.")
@@ -174,12 +177,12 @@ class Report:
         if self.edgetpu is not None:
             e = self.edgetpu
             out += ["", "## Edge TPU readiness", "",
-                    f"{'Ready' if e['ready'] else 'Not ready'}: {e['mapped_ops']} of {e['total_ops']} "
-                    "ops would map to the Edge TPU."]
+                    f"{'Ready' if e['ready'] else 'Not ready'}: {e['mapped_ops']} of "
+                    f"{e['total_ops']} ops would map to the Edge TPU."]
             if e.get("first_unsupported"):
                 f = e["first_unsupported"]
-                out.append(f"Mapping stops at op {f['index']} {f['op']} "
-                           f"({', '.join(f.get('layers') or []) or 'layer unknown'}): {f['reason']}.")
+                layers = ", ".join(f.get("layers") or []) or "layer unknown"
+                out.append(f"Mapping stops at op {f['index']} {f['op']} ({layers}): {f['reason']}.")
             out += [f"- {issue}" for issue in e["issues"][:20]]
         if self.budgets:
             out += ["", "## Budgets", "", "```", json.dumps(self.budgets, indent=2), "```"]

@@ -73,7 +73,21 @@ def _litert_run(interpreter, fb: TfliteModel, arrays, batch: int, n: int, repeat
 
 def run_tflite_timed(tflite_bytes, inputs, runtime: str = "litert", repeat: int = 0,
                      arena_size: Optional[int] = None):
-    """`run_tflite` that also times `repeat` invokes of the first batch: `(outputs, median_ms)`."""
+    """`run_tflite` that also times `repeat` invokes of the first batch.
+
+    Args:
+        tflite_bytes, inputs, runtime, arena_size: as for `run_tflite`.
+        repeat: timed invokes after the run (0: no timing).
+
+    Returns:
+        `(outputs, median_ms)`; `median_ms` is NaN when `repeat` is 0.
+
+    Example:
+
+    ```python
+    (y,), ms = run_tflite_timed(int8_tflite, x, "litert_ref", repeat=50)
+    ```
+    """
     _check_runtime(runtime)
     if runtime == "micro":
         return run_micro(tflite_bytes, inputs, arena_size=arena_size, repeat=repeat)

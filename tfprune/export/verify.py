@@ -118,6 +118,13 @@ def first_divergence(tflite_bytes, inputs, sample: int = 0) -> Optional[dict]:
 
     Returns:
         `{"sample", "op_index", "op", "max_abs_diff", "elements"}` or None.
+
+    Example:
+
+    ```python
+    first_divergence(int8_tflite, x, sample=83)
+    # {'sample': 83, 'op_index': 13, 'op': 'FULLY_CONNECTED', 'max_abs_diff': 1.0, ...}
+    ```
     """
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
