@@ -264,16 +264,11 @@ class _Measurement:
             self.notes.append("TFLite Micro is not installed here (tflite-micro wheels exist "
                               "for Linux x86-64, CPython 3.10-3.13): no arena, no TFLite Micro "
                               "verification or time")
-        if budgets and o["max_arena"] is not None:
-            if arena is None:
-                raise MicroRuntimeUnavailableError(
-                    "--max-arena needs the arena measured with TFLite Micro, which is not "
-                    "installed")
-            if arena.bytes > o["max_arena"]:
-                raise BudgetExceededError(
-                    f"the TFLite Micro arena of {deploy_name} is {arena.bytes:,} bytes, over the "
-                    f"budget --max-arena {o['max_arena']:,} by {arena.bytes - o['max_arena']:,} "
-                    "bytes; prune the widest activations further or raise the budget")
+        if budgets and o["max_arena"] is not None and arena.bytes > o["max_arena"]:
+            raise BudgetExceededError(
+                f"the TFLite Micro arena of {deploy_name} is {arena.bytes:,} bytes, over the "
+                f"budget --max-arena {o['max_arena']:,} by {arena.bytes - o['max_arena']:,} "
+                "bytes; prune the widest activations further or raise the budget")
         if calibration is not None:
             with self.step("verify"):
                 self._verify(calibration, float_fb, deploy, fb, arena)
@@ -439,6 +434,10 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
             "int8 export needs calibration data (--calibration DATA): without a representative "
             "dataset the converter makes a hybrid model (int8 weights, float activations) that "
             "TFLite Micro and the Edge TPU reject. Give ~200 training inputs, or --no-int8")
+    if max_arena is not None and not micro.micro_available():
+        raise MicroRuntimeUnavailableError(
+            "--max-arena needs the arena measured with TFLite Micro, which is not installed "
+            "(tflite-micro wheels exist for Linux x86-64, CPython 3.10-3.13)")
     options = {"name": name, "int8": int8, "batch_size": batch_size, "max_arena": max_arena,
                "max_flash": max_flash, "latency_runs": latency_runs}
     staging = _Staging(out_dir)
