@@ -56,7 +56,7 @@ class Report:
         latency_ms: median of `runs` single-thread invokes per runtime.
         edgetpu: `EdgeTpuReport.to_dict()` of the int8 model.
         budgets: the flash and arena budgets and the measured values.
-        files: bytes of every file written.
+        files: bytes of every file written, the reports aside.
         baseline: the same measurements for the baseline model, or None.
         ratios: this model / baseline for the compared figures, or None.
         environment: versions and machine.
