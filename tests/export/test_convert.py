@@ -213,6 +213,18 @@ def test_unwritable_or_foreign_output_folder(saved_tiny, tmp_path):
     assert [p.name for p in (tmp_path / "mine").iterdir()] == ["thesis.tex"]
 
 
+def test_multi_input_and_undefined_input_models_are_refused(tmp_path):
+    import keras
+
+    a, b = keras.Input((4,)), keras.Input((4,))
+    two = keras.Model([a, b], keras.layers.Dense(2)(keras.layers.Concatenate()([a, b])))
+    with pytest.raises(tfprune.errors.UnsupportedModelError, match="one input"):
+        convert(two, tmp_path / "out", int8=False)
+    with pytest.raises(tfprune.errors.UnsupportedModelError, match="no defined inputs"):
+        convert(keras.Sequential([keras.layers.Dense(2)]), tmp_path / "out", int8=False)
+    _nothing_left(tmp_path / "out")
+
+
 def test_bad_options(saved_tiny, tmp_path):
     x = random_images(4, (8, 8, 1))
     with pytest.raises(InvalidExportOptionError, match="not a C identifier"):

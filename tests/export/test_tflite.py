@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from tfprune.errors import (CalibrationRequiredError, ExportError, InvalidExportOptionError,
-                            MissingCalibrationDataError)
+                            MissingCalibrationDataError, UnsupportedModelError)
 from tfprune.export import MICRO_OPS, TfliteModel, run_tflite, to_tflite
 
 
@@ -72,3 +72,21 @@ def test_unknown_input_size_is_refused():
     model = keras.Model(inputs, keras.layers.Conv2D(2, 3)(inputs))
     with pytest.raises(InvalidExportOptionError, match="only the batch axis may be undefined"):
         to_tflite(model, int8=False)
+
+
+def test_models_without_defined_inputs_are_refused():
+    import keras
+
+    class Subclassed(keras.Model):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    subclassed = Subclassed()
+    subclassed(np.zeros((1, 3), np.float32))
+    for model in (keras.Sequential([keras.layers.Dense(2)]), subclassed):
+        with pytest.raises(UnsupportedModelError, match="has no defined inputs"):
+            to_tflite(model, int8=False)

@@ -42,7 +42,7 @@ from tfprune.export.flatbuffer import TfliteModel, dequantize
 from tfprune.export.report import GENERATOR, Report, ratios
 from tfprune.export.runtime import LATENCY_RUNS, measure_latency, run_tflite
 from tfprune.export.verify import verify_micro
-from tfprune.export.tflite import native_output_captured, tflite_variants
+from tfprune.export.tflite import native_output_captured, require_inputs, tflite_variants
 
 DEFAULT_SAMPLES = 200
 
@@ -367,6 +367,7 @@ def _environment() -> dict:
 
 def _prepare(source, strip: bool):
     model, where = load_keras_model(source)
+    require_inputs(model)
     if len(model.inputs) != 1:
         raise UnsupportedModelError(
             f"convert takes models with one input (DATA feeds one); {model.name!r} has "

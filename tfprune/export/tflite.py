@@ -34,7 +34,7 @@ from typing import Iterator, List
 import numpy as np
 
 from tfprune.errors import (CalibrationRequiredError, ExportError, InvalidExportOptionError,
-                            UnsupportedOpError)
+                            UnsupportedModelError, UnsupportedOpError)
 
 _FLEX_OP = re.compile(r"'(tf\.[A-Za-z0-9_]+)' op is neither a custom op nor a flex op")
 
@@ -129,11 +129,26 @@ def _calibration_batches(calibration, num_inputs: int, batch_size: int):
     return batches
 
 
+def require_inputs(model) -> None:
+    """Raises `UnsupportedModelError` unless the model has defined inputs to export."""
+    try:
+        defined = bool(model.inputs)
+    except AttributeError:  # Sequential without an input shape, subclassed models
+        defined = False
+    if not defined:
+        raise UnsupportedModelError(
+            f"model {model.name!r} ({type(model).__name__}) has no defined inputs: tfprune "
+            "exports functional models and Sequential models built with an input shape "
+            "(keras.Input(shape=...)); a subclassed model can be wrapped as "
+            "keras.Model(inputs, model(inputs))")
+
+
 def _check_request(model, calibration, int8: bool, batch_size: int) -> None:
     import keras
 
     if not isinstance(model, keras.Model):
         raise InvalidExportOptionError(f"model must be a keras.Model; got {type(model).__name__}")
+    require_inputs(model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidExportOptionError(f"batch_size must be a positive integer; got {batch_size!r}")
     if int8 and calibration is None:
