@@ -319,7 +319,7 @@ def op_resolver_header(tflite_bytes, name: str) -> str:
 # --- running TFLite Micro in a child process -----------------------------------------------
 
 
-def _worker(args: Sequence[str], timeout: float = 600) -> subprocess.CompletedProcess:
+def _worker(args: Sequence[str], timeout: Optional[float] = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(_WORKER), *map(str, args)], capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
