@@ -5,6 +5,7 @@ import json
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import tfprune
 from tfprune.errors import (DataError, InvalidCriterionError, InvalidPruningArgumentError,
@@ -35,8 +36,9 @@ def _assert_masked(model, cb, slots=True):
 
 
 @pytest.fixture(scope="module")
-def gradual(tiny_cnn, data):
-    """One gradual channel-pruning run (Adam), with batch logs and masks recorded."""
+def gradual(tiny_cnn, data, tmp_path_factory):
+    """One gradual channel-pruning run (Adam), with batch logs, masks and summaries recorded."""
+    log_dir = tmp_path_factory.mktemp("summaries")
     model = tiny_cnn()
     cb = tfprune.MagnitudePruning(tfprune.Target(flops=0.4),
                                   tfprune.PolynomialDecay(0, 8, frequency=4))
@@ -52,12 +54,13 @@ def gradual(tiny_cnn, data):
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         history = _fit(model, data, cb, epochs=3, extra=[
-            keras.callbacks.LambdaCallback(on_train_batch_end=after_batch)])
-    return model, cb, history, record, out.getvalue()
+            keras.callbacks.LambdaCallback(on_train_batch_end=after_batch),
+            tfprune.PruningSummaries(log_dir, update_freq=2)])
+    return model, cb, history, record, out.getvalue(), log_dir
 
 
 def test_flops_target_met_within_one_channel_per_group(gradual):
-    model, cb, _, record, _ = gradual
+    model, cb, _, record = gradual[:4]
     assert [e.step for e in cb.events] == [0, 4, 8]
     cost = cb.cost_model
     index = [i for i, g in enumerate(cost.groups) if g.id in cb.removed]
@@ -74,7 +77,7 @@ def test_flops_target_met_within_one_channel_per_group(gradual):
 
 
 def test_logs_carry_pruning_progress(gradual):
-    _, _, history, record, _ = gradual
+    history, record = gradual[2:4]
     for key in ("pruning/flops_kept", "pruning/params_kept", "pruning/sparsity"):
         assert key in history.history and key in record["logs"][-1]
     flops = [logs["pruning/flops_kept"] for logs in record["logs"]]
@@ -93,9 +96,33 @@ def test_masks_are_monotone_across_events(gradual):
 
 
 def test_verbose_prints_one_line_per_event(gradual):
-    lines = [l for l in gradual[4].splitlines() if l.startswith("tfprune:")]
+    lines = [line for line in gradual[4].splitlines() if line.startswith("tfprune:")]
     assert len(lines) == 3
     assert "step 8" in lines[-1] and "flops<=0.400" in lines[-1] and "flops_kept 0.3" in lines[-1]
+
+
+def test_summaries_write_scalars_and_histograms(gradual):
+    cb, log_dir = gradual[1], gradual[5]
+    values = {}
+    for path in log_dir.rglob("events.out.tfevents.*"):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            for v in event.summary.value:
+                values.setdefault(v.tag, []).append((event.step, v))
+    flops = values["pruning/flops_kept"]
+    assert len(flops) == 3 + 6                     # every epoch, and every 2 batches
+    final = tf.make_ndarray(flops[-1][1].tensor)
+    assert final == pytest.approx(cb.achieved()["flops_kept"]) and flops[-1][0] == 12
+    for tag in ("pruning/params_kept", "pruning/sparsity", "pruned/conv0/kernel",
+                "pruning/kept_channels_per_group", "pruning/sparsity_per_variable"):
+        assert tag in values, sorted(values)
+    histogram = values["pruning/kept_channels_per_group"][-1][1]
+    assert histogram.metadata.plugin_data.plugin_name == "histograms"
+    assert tf.make_ndarray(histogram.tensor)[:, 2].sum() == len(cb.groups)
+    assert flops[-1][1].metadata.plugin_data.plugin_name == "scalars"
+    kept = cb.summary_histograms()["kept_channels_per_group"]
+    assert kept.min() < 1.0 and kept.shape == (len(cb.groups),)
+    with pytest.raises(InvalidPruningArgumentError, match="update_freq=0"):
+        tfprune.PruningSummaries(log_dir, update_freq=0)
 
 
 def test_momentum_cannot_revive_a_pruned_weight(tiny_cnn, data):

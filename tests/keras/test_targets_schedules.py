@@ -72,7 +72,8 @@ def test_schedules_serialize(schedule):
 
 
 @pytest.mark.parametrize("build, message", [
-    (lambda: tfprune.PolynomialDecay(100, 50), r"end_step \(50\) must come after begin_step \(100\)"),
+    (lambda: tfprune.PolynomialDecay(100, 50),
+     r"end_step \(50\) must come after begin_step \(100\)"),
     (lambda: tfprune.PolynomialDecay(10, 10), "must come after"),
     (lambda: tfprune.PolynomialDecay(0, 10, frequency=0), r"frequency=0\) must be >= 1"),
     (lambda: tfprune.PolynomialDecay(0, 10, power=0), "power=0"),

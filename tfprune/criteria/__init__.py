@@ -21,12 +21,12 @@ l2 = criteria.get("l2")            # Magnitude(norm='l2')
 ```
 """
 
-from tfprune.criteria.base import CHANNEL, WEIGHT, Criterion, channel_sum
-from tfprune.criteria.bn_scale import BatchNormScale
-from tfprune.criteria.context import ScoringContext
-from tfprune.criteria.magnitude import Magnitude
-from tfprune.criteria.random_score import RandomScore
-from tfprune.criteria.taylor import Taylor
+from tfprune.criteria.base import CHANNEL, WEIGHT, Criterion, channel_sum  # noqa: F401
+from tfprune.criteria.bn_scale import BatchNormScale  # noqa: F401
+from tfprune.criteria.context import ScoringContext  # noqa: F401
+from tfprune.criteria.magnitude import Magnitude  # noqa: F401
+from tfprune.criteria.random_score import RandomScore  # noqa: F401
+from tfprune.criteria.taylor import Taylor  # noqa: F401
 from tfprune.errors import InvalidCriterionError
 
 CRITERIA = {

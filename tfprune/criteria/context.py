@@ -52,7 +52,7 @@ from tfprune.graph.paths import SEP, find_layer, find_variable
 
 
 def check_calibration_data(data):
-    """Raises `DataError` unless `data` is `(x, y)` arrays of equal length or a `tf.data.Dataset`."""
+    """Raises `DataError` unless `data` is `(x, y)` arrays of one length or a `tf.data.Dataset`."""
     if data is None or isinstance(data, tf.data.Dataset):
         return
     if not isinstance(data, (tuple, list)) or len(data) != 2:
@@ -209,7 +209,7 @@ class ScoringContext:
         return self._loss
 
     def activations(self, layer_paths: Sequence[str]) -> Dict[str, np.ndarray]:
-        """The input of each layer (a top-level layer of a functional model) on the calibration data."""
+        """The input of each top-level layer of a functional model, on the calibration data."""
         nested = [p for p in layer_paths if SEP in p]
         if nested:
             raise InvalidPruningArgumentError(

@@ -10,10 +10,11 @@ small = tfprune.strip(model)      # physically smaller, same outputs
 ```
 """
 
-from tfprune.keras.callback import PruningCallback, PruningEvent, active_pruning
-from tfprune.keras.magnitude import MagnitudePruning
-from tfprune.keras.schedules import ConstantSparsity, OneShot, PolynomialDecay, PruningSchedule
-from tfprune.keras.stripping import strip
-from tfprune.keras.summaries import PruningSummaries
-from tfprune.keras.targets import Target
-from tfprune.keras.wrapper import PruningWrapper, prunable
+from tfprune.keras.callback import PruningCallback, PruningEvent, active_pruning  # noqa: F401
+from tfprune.keras.magnitude import MagnitudePruning  # noqa: F401
+from tfprune.keras.schedules import (ConstantSparsity, OneShot, PolynomialDecay,  # noqa: F401
+                                     PruningSchedule)
+from tfprune.keras.stripping import strip  # noqa: F401
+from tfprune.keras.summaries import PruningSummaries  # noqa: F401
+from tfprune.keras.targets import Target  # noqa: F401
+from tfprune.keras.wrapper import PruningWrapper, prunable  # noqa: F401

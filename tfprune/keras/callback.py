@@ -19,6 +19,13 @@ Second-order methods extend it by subclassing: a criterion with a `prepare` that
 curvature, an allocation that reads it from `context.cache`, an `after_selection` that merges
 units, and `summary_histograms` to report curvature to `PruningSummaries`.
 
+Subclasses (the methods) may also use the engine's state: `groups` and `cost_model` (channel
+granularity), `_removed` (`{group id or variable name: bool array}` of removed units), `_masks`
+(the `MaskSet`: `names`, `variables`, `value(name)`), `_problem(scores, keep)` (the allocation
+problem of an event), `_counts(unit_counts)` (a per-pool count vector as the cost model's
+channel counts; `_cost_index` and `_granules` map pools to cost-model groups) and
+`_record(step, keep, skipped=None)` (append a `PruningEvent`).
+
 The callback keeps no state of its own that a resumed run would need: the step is the
 optimizer's `iterations`, the masks are the zeros in the model (or the masks saved in its
 `PruningWrapper`s), and any randomness of an event is drawn from `(seed, step)`. An
@@ -248,7 +255,7 @@ class PruningCallback(keras.callbacks.Callback):
         groups = channel_groups(self._graph_model)
         self.groups = [g for g in groups if g.prunable]
         if not self.groups:
-            reasons = "; ".join(f"{g.describe()}" for g in groups[:4]) or "no channel group"
+            reasons = "; ".join(g.describe() for g in groups[:4]) or "no channel group"
             raise NothingToPruneError(
                 f"model {model.name!r} has no prunable channel group ({reasons}); prune single "
                 "weights with granularity='weight', or see docs/concepts/channel_groups.md")
@@ -297,11 +304,11 @@ class PruningCallback(keras.callbacks.Callback):
         most = problem.max_counts().sum() / total
         raise InvalidTargetError(
             f"{self.target!r} cannot be met: with min_density={self.min_density} the kernels "
-            f"reach at most "
-            f"sparsity={most:.4f}; ask for no more, or lower min_density")
+            f"reach at most sparsity={most:.4f}; ask for no more, or lower min_density")
 
     def _warn_if_schedule_too_long(self):
-        steps, epochs = self.params.get("steps"), self.params.get("epochs")
+        params = self.params or {}
+        steps, epochs = params.get("steps"), params.get("epochs")
         end = self.schedule.end_step
         if steps and epochs and end is not None:
             last = self._step() + steps * epochs - 1
@@ -509,7 +516,7 @@ class PruningCallback(keras.callbacks.Callback):
                                for r, k in keep.items())
             got = ", ".join(f"{k} {v:.3f}" for k, v in event.achieved.items())
             # Start a new line when a progress bar is being drawn on the current one.
-            lead = "\n" if self.params.get("verbose") == 1 else ""
+            lead = "\n" if (self.params or {}).get("verbose") == 1 else ""
             print(f"{lead}tfprune: step {step}: {got} (target {wanted})")
         return event
 

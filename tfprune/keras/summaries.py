@@ -3,10 +3,27 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfprune.errors import InvalidPruningArgumentError
 from tfprune.keras.callback import active_pruning
+
+
+def _metadata(plugin):
+    return tf.compat.v1.SummaryMetadata(
+        plugin_data=tf.compat.v1.SummaryMetadata.PluginData(plugin_name=plugin))
+
+
+# Written with `tf.summary.write` in the formats of TensorBoard's scalar and histogram plugins,
+# so that writing needs no TensorBoard installation (`tf.summary.scalar` does).
+_SCALAR, _HISTOGRAM = _metadata("scalars"), _metadata("histograms")
+
+
+def _histogram(values, bins=30):
+    """`(bins, 3)` rows of (left edge, right edge, count), TensorBoard's histogram tensor."""
+    counts, edges = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
+    return np.stack([edges[:-1], edges[1:], counts], axis=1)
 
 
 class PruningSummaries(keras.callbacks.Callback):
@@ -55,13 +72,15 @@ class PruningSummaries(keras.callbacks.Callback):
             scalars.update({f"pruning/{k}": v for k, v in pruning.achieved().items()})
         step = self._step()
         with self._writer.as_default():
-            for key, value in scalars.items():
-                tf.summary.scalar(key, value, step=step)
             if pruning is not None and histograms:
-                for name, fraction in pruning.layer_report().items():
-                    tf.summary.scalar(f"pruned/{name}", fraction, step=step)
+                scalars.update({f"pruned/{name}": fraction
+                                for name, fraction in pruning.layer_report().items()})
                 for name, values in pruning.summary_histograms().items():
-                    tf.summary.histogram(f"pruning/{name}", values, step=step)
+                    tf.summary.write(f"pruning/{name}", _histogram(values), step=step,
+                                     metadata=_HISTOGRAM)
+            for key, value in scalars.items():
+                tf.summary.write(key, tf.constant(value, tf.float32), step=step,
+                                 metadata=_SCALAR)
         self._writer.flush()
 
     def on_train_batch_end(self, batch, logs=None):

@@ -42,10 +42,10 @@ class Target:
     What each budget counts (FLOPs = 2 x MACs of convolutions and dense layers, params =
     every weight, bytes = weight bytes in their dtypes; see `tfprune.profile`):
 
-    | granularity | `flops`, `params`, `weight_bytes` | `sparsity` |
-    |---|---|---|
-    | `"channel"` | of the model once the channels are removed (`tfprune.strip`) | the same as `params=1 - sparsity` |
-    | `"weight"` | refused: zeros do not make a dense kernel cheaper | fraction of the prunable kernels' weights set to zero |
+    - granularity `"channel"`: `flops`, `params` and `weight_bytes` of the model once the
+      pruned channels are removed (`tfprune.strip`); `sparsity` is `params=1 - sparsity`.
+    - granularity `"weight"`: only `sparsity`, the fraction of the prunable kernels' weights
+      set to zero (zeros do not make a dense kernel cheaper, so other budgets are refused).
 
     Args:
         flops: fraction of the dense FLOPs to keep, in `(0, 1]`.
