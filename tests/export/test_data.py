@@ -74,3 +74,13 @@ def test_wrong_shape_and_dataset_root_are_clear_errors(tmp_path):
     _write_images(tmp_path / "root" / "test")
     with pytest.raises(DataError, match="pass one split"):
         load_data(tmp_path / "root", input_shape=(6, 5, 3))
+
+
+def test_unreadable_files_are_data_errors(tmp_path):
+    (tmp_path / "cat").mkdir()
+    (tmp_path / "cat" / "0.png").write_bytes(b"not a png")
+    with pytest.raises(DataError, match="could not read data"):
+        load_data(tmp_path, input_shape=(4, 4, 3))
+    (tmp_path / "broken.npz").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(DataError, match="could not read data"):
+        load_data(tmp_path / "broken.npz")

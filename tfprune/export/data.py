@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import zipfile
 from typing import Optional, Tuple
 
 import numpy as np
@@ -107,7 +108,12 @@ def load_data(source, input_shape=None, limit: Optional[int] = None,
     """
     if limit is not None and (not isinstance(limit, int) or limit < 1):
         raise DataError(f"limit must be a positive integer; got {limit!r}")
-    x, y = _load_source(source, input_shape, limit)
+    try:
+        x, y = _load_source(source, input_shape, limit)
+    except DataError:
+        raise
+    except (OSError, ValueError, zipfile.BadZipFile) as e:  # an unreadable image or array file
+        raise DataError(f"could not read data {_describe(source)}: {type(e).__name__}: {e}") from e
     x = np.asarray(x)
     if y is not None and len(y) != len(x):
         raise DataError(f"data has {len(x)} inputs but {len(y)} labels")
