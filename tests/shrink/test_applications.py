@@ -23,7 +23,10 @@ CI_SUBSET = ["MobileNetV2", "MobileNetV3Small", "EfficientNetB0", "ResNet50", "D
 
 def build(name):
     size = MIN_SIZE.get(name, 32)
-    kwargs = dict(weights=None, input_shape=(size, size, 3), classes=10)
+    # Logits, not probabilities: a softmax of random deep networks saturates to one-hot
+    # outputs that would hide differences.
+    kwargs = dict(weights=None, input_shape=(size, size, 3), classes=10,
+                  classifier_activation=None)
     if name == "MobileNetV2":
         kwargs["alpha"] = 0.35
     return getattr(keras.applications, name)(**kwargs)

@@ -233,3 +233,30 @@ def test_the_input_model_is_not_modified_by_any_function():
     assert model.get_config() == before[1] and model.compiled
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), before[0]))
     assert model.get_layer("c1").filters == 6
+
+
+@pytest.mark.parametrize("build", [rich_model, lambda: tfprune.zoo.ds_cnn()],
+                         ids=["rich_model", "ds_cnn"])
+def test_zeroing_the_param_slices_is_removal(build):
+    """The contract downstream code relies on: zeroing `p.indices(channels)` along `p.axis`
+    of every `ParamSlice` of the groups gives the outputs of the shrunk model."""
+    from equivalence import random_removal
+
+    model = build()
+    randomize_statistics(model)
+    groups = tfprune.channel_groups(model)
+    removed = random_removal(groups, 0.5, seed=3)
+    copy = keras.models.clone_model(model)
+    copy.set_weights(model.get_weights())
+    for gid, channels in removed.items():
+        for p in groups[gid].params:
+            variable = tfprune.graph.find_variable(copy, p.layer, p.weight)
+            value = variable.numpy()
+            index = [slice(None)] * value.ndim
+            index[p.axis] = p.indices(channels)
+            value[tuple(index)] = 0
+            variable.assign(value)
+    x = random_inputs(model)[0]
+    masked = tfprune.mask_channels(model, removed)
+    np.testing.assert_array_equal(np.asarray(copy(x)), np.asarray(masked(x)))
+    assert relative_error(tfprune.shrink(model, removed)(x), copy(x)) < 1e-5
