@@ -27,6 +27,7 @@ from tfprune.shrink import mask_channels, shrink  # noqa: E402,F401
 from tfprune.profile import profile  # noqa: E402,F401
 
 # --- curvature ---------------------------------------------------------------------------
+from tfprune import curvature  # noqa: E402,F401
 
 # --- pruning during fit (keras/) ---------------------------------------------------------
 from tfprune import allocation, criteria  # noqa: E402,F401

@@ -47,7 +47,8 @@ class CurvatureOperator:
         loss_fn: a `keras.losses.Loss`, a Keras loss name or a callable `(y_true, y_pred)`.
         hessian: `"exact"` or `"gauss_newton"`.
         method: how the exact product is differentiated: `"forward_over_reverse"` (a forward-mode
-            JVP of the gradient) or `"reverse_over_reverse"` (the gradient of `<g, v>`).
+            JVP of the gradient) or `"reverse_over_reverse"` (the gradient of `<g, v>`). The
+            Gauss-Newton product is always a forward-mode `J v` and a reverse-mode `J^T r`.
         weights: the variables the products act on (a subset of `model.trainable_weights`);
             None for all.
         jit_compile: compile the per-replica computation with XLA.
@@ -289,6 +290,10 @@ def operator_for(model, loss_fn, hessian: str = EXACT, method: str = FORWARD_OVE
     layout. The cache holds the model weakly (operators only hold its variables), and keeps the
     last few operators per model.
     """
+    check_choice("hessian", hessian, HESSIANS)
+    check_choice("method", method, METHODS)
+    if hessian == GAUSS_NEWTON:  # one way to compute it: share the operator
+        method = FORWARD_OVER_REVERSE
     try:
         entries = _OPERATORS.setdefault(model, collections.OrderedDict())
     except TypeError:  # not weak-referenceable: no reuse
