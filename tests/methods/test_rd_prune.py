@@ -59,6 +59,21 @@ def test_curve_values_equal_the_distortion_computed_by_hand(softmax, distortion)
         assert got == pytest.approx(expected, rel=1e-5, abs=1e-9)
 
 
+@pytest.mark.parametrize("verbose", [0, 1])
+def test_progress_and_report_print_only_when_verbose(verbose, capsys):
+    x = np.random.default_rng(2).normal(size=(10, 3)).astype("float32")
+    rd = tfprune.RDPrune(tfprune.Target(params=0.6), (x, np.zeros(10)), grid=4, verbose=verbose)
+    tfprune.prune(_mlp(False), rd)
+    out = capsys.readouterr().out
+    if verbose:
+        assert "variant" in out and "measured jointly" in out and "tfprune: step 0" in out
+    else:
+        assert out == ""
+    config = rd.get_config()
+    assert config["grid"] == [0.25, 0.5, 0.75, 1.0] and config["distortion"] == "worst_case"
+    assert config["target"] == {"params": 0.6} and config["verbose"] == verbose
+
+
 def test_curves_grow_with_pruning_and_levels_do_not_retrace():
     model, data = _small(1)
     rd = tfprune.RDPrune(tfprune.Target(flops=0.5), data, grid=8, verbose=0, batch_size=16)

@@ -267,6 +267,17 @@ def test_wrapped_model_gives_the_same_saliencies():
         np.testing.assert_allclose(masked[gid], plain[gid], rtol=1e-4, atol=1e-7)
 
 
+def test_config():
+    _, data = _small()
+    sosp = tfprune.SOSPH(tfprune.Target(flops=0.5), data, hessian="exact", per_flop=True,
+                         loss=LOSS, bottleneck_ratio=0.5, verbose=0)
+    config = sosp.get_config()
+    assert (config["hessian"], config["per_flop"], config["bottleneck_ratio"]) == \
+        ("exact", True, 0.5)
+    criterion = SOSPSaliency.from_config(sosp.criterion.get_config())
+    assert criterion.hessian == "exact" and criterion.loss.get_config() == LOSS.get_config()
+
+
 def test_bad_input():
     model, data = _small()
     target = tfprune.Target(flops=0.5)
