@@ -1,0 +1,333 @@
+"""`CampHiVeSaliency`: the second-order loss change of removing a unit, `|g w| + 1/2 H_ii w^2`.
+
+At each pruning event `prepare` measures, on the calibration data, with `tfprune.curvature`:
+
+- the diagonal of the Hessian (or Gauss-Newton matrix), `H_ii`, as asked by `diagonal`:
+  `"hutchinson"`, Hutchinson's estimate `mean(z * Hz)` over Rademacher vectors `z`;
+  `"lowrank"`, `sum_j lambda_j v_ji^2` over the top `top_k` eigenpairs found by power
+  iteration (global norm, deflation); `"both"`, the low-rank part exactly plus Hutchinson's
+  estimate of what remains, `mean(z * (Hz - sum_j lambda_j (v_j . z) v_j))` (the same
+  Rademacher vectors, so the top directions add no noise);
+- the top eigenvalue `lambda_l` of each pool's diagonal block (channel group, or layer for
+  single weights) by block power iteration, which `tfprune.allocation.adaptive` turns into
+  curvature-adaptive thresholds;
+- the gradient `g` of the calibration loss (`context.gradient`).
+
+A weight scores `|g_i w_i| + 1/2 max(H_ii, 0) w_i^2`; a channel sums that over every trainable
+entry of its group (producers' output slices, normalisation parameters, consumers' input
+slices; an entry two slices share counts once). Negative estimates of `H_ii` (Hutchinson's
+noise, or negative curvature of the exact Hessian) count as zero, so that removing a unit is
+never scored as a loss decrease and scores stay non-negative for ranking per unit of cost.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from typing import Dict, List, Optional
+
+import keras
+import numpy as np
+
+from tfprune import curvature
+from tfprune.criteria.base import CHANNEL, WEIGHT, Criterion
+from tfprune.criteria.sosp import _trainable_slices_by_variable, _union_channel_sum
+from tfprune.curvature.data import CalibrationData
+from tfprune.curvature.losses import resolve_loss
+from tfprune.curvature.operator import FORWARD_OVER_REVERSE, HESSIANS, operator_for
+from tfprune.errors import CurvatureError, InvalidCriterionError, MissingLossError
+
+HUTCHINSON = "hutchinson"
+LOWRANK = "lowrank"
+BOTH = "both"
+DIAGONALS = (HUTCHINSON, LOWRANK, BOTH)
+#: Where `prepare` leaves its `CurvatureEstimate` in `context.cache`.
+CACHE_KEY = "camp_hive/curvature"
+#: Relative change of a Rayleigh quotient at which power iteration stops early.
+POWER_TOL = 1e-3
+#: Hutchinson products computed together in one pass over the calibration data. One is the
+#: program power iteration compiles too; several share the forward pass, but each extra vector
+#: makes the compiled program slower to trace than it saves on a few events (measured on
+#: ResNet-8: 4 per pass halve the products' time and add 100 s of tracing on the project CPU).
+VECTORS_PER_PASS = 1
+
+
+@dataclasses.dataclass
+class CurvatureEstimate:
+    """The curvature measured at one pruning event.
+
+    Attributes:
+        diagonal: `{id(variable): estimated H_ii}`, arrays shaped like the variables.
+        block_eigenvalues: `{group id or layer path: top eigenvalue of the block}`; empty
+            when the thresholds do not use them (`block_curvature=False`).
+        eigenvalues: the global top eigenvalues (empty unless `diagonal` uses them).
+        trace: Hutchinson's estimate of `tr(H)` over the estimated weights (None for
+            `"lowrank"`).
+        seconds: wall time of each phase (`"eigenpairs"`, `"blocks"`, `"diagonal"`).
+    """
+
+    diagonal: Dict[int, np.ndarray]
+    block_eigenvalues: Dict[object, float] = dataclasses.field(default_factory=dict)
+    eigenvalues: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    trace: Optional[float] = None
+    seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+
+
+def entry_saliency(gradient, weight, diagonal) -> np.ndarray:
+    """`|g w| + 1/2 max(H_ii, 0) w^2` per entry (float64)."""
+    w = np.asarray(weight, dtype=np.float64)
+    return np.abs(np.asarray(gradient, dtype=np.float64) * w) \
+        + 0.5 * np.maximum(np.asarray(diagonal, dtype=np.float64), 0.0) * w * w
+
+
+def _positive_int(name, value, low=1):
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise InvalidCriterionError(f"CampHiVeSaliency({name}={value!r}): expected an integer "
+                                    f">= {low}")
+    return int(value)
+
+
+class CampHiVeSaliency(Criterion):
+    """CAMP-HiVe's second-order saliency of channels or single weights (module docstring).
+
+    Args:
+        diagonal: where `H_ii` comes from: `"hutchinson"`, `"lowrank"` or `"both"`.
+        hessian: `"exact"` (the Hessian) or `"gauss_newton"` (positive semi-definite;
+            softmax cross-entropy or mean squared error).
+        hutchinson_samples: Rademacher vectors of the Hutchinson estimate.
+        power_iters: most products of each power iteration (global and block).
+        top_k: global eigenpairs for `"lowrank"` and `"both"`.
+        block_curvature: measure each pool's top block eigenvalue (the adaptive thresholds
+            need it; off for `beta = 0`).
+        loss: the loss whose curvature is taken; None uses the model's compiled loss.
+        batch_size: samples per batch of the curvature products.
+        verbose: 1 prints each phase of `prepare` as it starts and ends, 0 is silent.
+
+    Raises:
+        InvalidCriterionError: an argument outside what is accepted.
+
+    Example:
+
+    ```python
+    import numpy as np, keras, tfprune
+    from tfprune.criteria.camp_hive import CampHiVeSaliency
+    model = tfprune.zoo.small_cnn(input_shape=(8, 8, 1), widths=(4, 8), dense=8)
+    model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = np.random.rand(32, 8, 8, 1).astype("float32")
+    y = np.random.randint(0, 10, 32)
+    callback = tfprune.PruningCallback(CampHiVeSaliency(verbose=0), tfprune.Target(flops=0.5),
+                                       calibration_data=(x, y), verbose=0)
+    ```
+    """
+
+    granularities = (CHANNEL, WEIGHT)
+    requires_calibration_data = True
+
+    def __init__(self, diagonal: str = HUTCHINSON, hessian: str = "exact",
+                 hutchinson_samples: int = 8, power_iters: int = 3, top_k: int = 1,
+                 block_curvature: bool = True, loss=None, batch_size: int = 128,
+                 verbose: int = 0):
+        if diagonal not in DIAGONALS:
+            raise InvalidCriterionError(
+                f"diagonal={diagonal!r}: accepted are 'hutchinson' (Hutchinson's estimate), "
+                "'lowrank' (sum_j lambda_j v_j^2 over the top eigenpairs) and 'both'")
+        if hessian not in HESSIANS:
+            raise InvalidCriterionError(
+                f"hessian={hessian!r}: accepted are 'exact' and 'gauss_newton' (positive "
+                "semi-definite; softmax cross-entropy or mean squared error)")
+        if loss is not None:
+            try:
+                resolve_loss(loss)
+            except CurvatureError as e:
+                raise InvalidCriterionError(f"CampHiVeSaliency(loss={loss!r}): {e}") from None
+        if not isinstance(block_curvature, bool):
+            raise InvalidCriterionError(
+                f"block_curvature={block_curvature!r}: expected True or False")
+        self.diagonal = diagonal
+        self.hessian = hessian
+        self.hutchinson_samples = _positive_int("hutchinson_samples", hutchinson_samples)
+        self.power_iters = _positive_int("power_iters", power_iters)
+        self.top_k = _positive_int("top_k", top_k)
+        self.block_curvature = block_curvature
+        self.loss = loss
+        self.batch_size = _positive_int("batch_size", batch_size)
+        self.verbose = _positive_int("verbose", verbose, low=0)
+        self._data = None
+
+    # --- curvature -----------------------------------------------------------------------
+
+    def model_loss(self, model):
+        """The loss of the curvature: `loss`, or the model's single compiled loss.
+
+        Raises:
+            MissingLossError: no `loss` and the model has no single compiled loss.
+        """
+        loss = self.loss if self.loss is not None else getattr(model, "loss", None)
+        if loss is None:
+            raise MissingLossError(
+                f"CAMP-HiVe needs the loss of model {model.name!r}: compile the model with a "
+                "loss, or pass loss= (e.g. 'sparse_categorical_crossentropy')")
+        if isinstance(loss, (dict, list, tuple)):
+            raise MissingLossError(
+                f"model {model.name!r} has several losses ({loss!r}); CAMP-HiVe takes a "
+                "single-output model and one loss: pass loss=")
+        return loss
+
+    def check(self, model, kernels=None) -> None:
+        """Raises now what the first event would: no loss, or one the curvature cannot take.
+
+        Builds the curvature operator that `prepare` reuses (`tfprune.curvature` keeps it per
+        model), so the check costs nothing later.
+
+        Args:
+            model: the model to be pruned.
+            kernels: the masked kernels (weight granularity), or None (channels).
+
+        Raises:
+            MissingLossError: the model has no single compiled loss and `loss` is None.
+            CurvatureError: the model or loss cannot be differentiated twice as asked.
+        """
+        weights = None
+        if kernels is not None:
+            ids = {id(k) for k in kernels}
+            weights = [v for v in model.trainable_weights if id(v) in ids]
+        operator_for(model, self.model_loss(model), self.hessian, FORWARD_OVER_REVERSE, weights)
+
+    def _calibration(self, data) -> CalibrationData:
+        # Read once and reused by every event: a dataset is not re-read (and re-shuffled).
+        if self._data is None or self._data[0] is not data:
+            self._data = (data, CalibrationData.of(data, self.batch_size))
+        return self._data[1]
+
+    @staticmethod
+    def weights(context) -> Optional[List]:
+        """The variables whose curvature is needed: all trainable ones for channels, the
+        masked kernels for single weights."""
+        if context.granularity == CHANNEL:
+            return None
+        return [v for v in context.model.trainable_weights if context.name(v) in context.removed]
+
+    def prepare(self, context) -> None:
+        """Measures the curvature of this event into `context.cache[CACHE_KEY]`."""
+        model = context.model
+        loss = self.model_loss(model)
+        data = self._calibration(context.calibration_data)
+        weights = self.weights(context)
+        variables = list(weights) if weights is not None else list(model.trainable_weights)
+        seed = int(context.rng("camp_hive").integers(2 ** 31 - 1))
+        common = dict(weights=weights, hessian=self.hessian, batch_size=self.batch_size)
+        estimate = CurvatureEstimate({})
+
+        eigen = None
+        if self.diagonal != HUTCHINSON:
+            with self._phase(estimate, "eigenpairs",
+                             f"top {self.top_k} eigenpair(s), {self.power_iters} iterations"):
+                eigen = curvature.power_iteration(model, loss, data, k=self.top_k,
+                                                  max_iter=self.power_iters, tol=POWER_TOL,
+                                                  seed=seed, **common)
+            estimate.eigenvalues = np.asarray(eigen.eigenvalues, dtype=np.float64)
+        if self.block_curvature:
+            blocks = context.groups if context.granularity == CHANNEL else "layers"
+            with self._phase(estimate, "blocks",
+                             f"block curvature, {self.power_iters} iterations"):
+                result = curvature.block_power_iteration(
+                    model, loss, data, blocks=blocks, max_iter=self.power_iters,
+                    tol=POWER_TOL, seed=seed + 1, **common)
+            estimate.block_eigenvalues = dict(result.eigenvalues)
+        with self._phase(estimate, "diagonal", self._diagonal_description()):
+            if self.diagonal == HUTCHINSON:
+                est = curvature.hutchinson(model, loss, data, samples=self.hutchinson_samples,
+                                           seed=seed + 2, vectors_per_pass=VECTORS_PER_PASS,
+                                           **common)
+                diagonal, estimate.trace = est.diagonal, est.trace
+            elif self.diagonal == LOWRANK:
+                diagonal = _low_rank_diagonal(eigen)
+            else:
+                diagonal, estimate.trace = self._deflated_hutchinson(
+                    model, loss, data, weights, eigen, seed + 2)
+        estimate.diagonal = {id(v): d for v, d in zip(variables, diagonal)}
+        context.cache[CACHE_KEY] = estimate
+
+    def _deflated_hutchinson(self, model, loss, data, weights, eigen, seed):
+        """`sum_j lambda_j v_j^2` plus Hutchinson's estimate of the deflated diagonal."""
+        op = operator_for(model, loss, self.hessian, FORWARD_OVER_REVERSE, weights)
+        rng = np.random.default_rng(seed)
+        shapes = [tuple(w.shape) for w in op.weights]
+        diagonal = _low_rank_diagonal(eigen)
+        residual = [np.zeros(s) for s in shapes]
+        trace = float(np.sum(eigen.eigenvalues))
+        done = 0
+        while done < self.hutchinson_samples:
+            m = min(VECTORS_PER_PASS, self.hutchinson_samples - done)
+            zs = [[rng.choice((-1.0, 1.0), size=s) for s in shapes] for _ in range(m)]
+            for z, hz in zip(zs, op.products(data, zs, batch_size=self.batch_size)):
+                hz = [np.asarray(t, dtype=np.float64) for t in hz]
+                for lam, v in zip(eigen.eigenvalues, eigen.eigenvectors):
+                    c = lam * sum(float(np.vdot(a, b)) for a, b in zip(v, z))
+                    hz = [h - c * a for h, a in zip(hz, v)]
+                for r, a, h in zip(residual, z, hz):
+                    r += a * h
+                    trace += float(np.sum(a * h)) / self.hutchinson_samples
+            done += m
+        return [d + r / self.hutchinson_samples for d, r in zip(diagonal, residual)], trace
+
+    def _diagonal_description(self) -> str:
+        if self.diagonal == LOWRANK:
+            return f"low-rank diagonal from {self.top_k} eigenpair(s)"
+        rest = " of the deflated Hessian" if self.diagonal == BOTH else ""
+        return f"Hutchinson diagonal{rest}, {self.hutchinson_samples} samples"
+
+    @contextlib.contextmanager
+    def _phase(self, estimate, name, what):
+        if self.verbose:
+            print(f"tfprune: CAMP-HiVe curvature: {what} ...", end="", flush=True)
+        start = time.perf_counter()
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            estimate.seconds[name] = time.perf_counter() - start
+            if self.verbose:
+                print(f" {estimate.seconds[name]:.1f} s" if ok else " failed", flush=True)
+
+    # --- scores --------------------------------------------------------------------------
+
+    def channel_scores(self, group, context):
+        diagonal = context.cache[CACHE_KEY].diagonal
+        total = np.zeros(group.size)
+        for slices in _trainable_slices_by_variable(group).values():
+            v = context.variable(slices[0])
+            values = entry_saliency(context.gradient(v), context.value(v), diagonal[id(v)])
+            total += _union_channel_sum(values, slices, group.size)
+        return total
+
+    def weight_scores(self, variable, context):
+        diagonal = context.cache[CACHE_KEY].diagonal[id(variable)]
+        return entry_saliency(context.gradient(variable), context.value(variable), diagonal)
+
+    def get_config(self):
+        loss = self.loss
+        if loss is not None and not isinstance(loss, str):
+            loss = keras.saving.serialize_keras_object(loss)
+        return {"diagonal": self.diagonal, "hessian": self.hessian,
+                "hutchinson_samples": self.hutchinson_samples, "power_iters": self.power_iters,
+                "top_k": self.top_k, "block_curvature": self.block_curvature, "loss": loss,
+                "batch_size": self.batch_size, "verbose": self.verbose}
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("loss"), dict):
+            config["loss"] = keras.saving.deserialize_keras_object(config["loss"])
+        return cls(**config)
+
+
+def _low_rank_diagonal(eigen) -> List[np.ndarray]:
+    """`sum_j lambda_j v_j^2` for the eigenpairs of an `EigenResult`."""
+    out = [np.zeros(np.shape(a)) for a in eigen.eigenvectors[0]]
+    for lam, v in zip(eigen.eigenvalues, eigen.eigenvectors):
+        for d, a in zip(out, v):
+            d += lam * np.asarray(a, dtype=np.float64) ** 2
+    return out
