@@ -36,6 +36,7 @@ from tfprune.keras import (ConstantSparsity, MagnitudePruning, OneShot,  # noqa:
                            Target, prunable, strip)
 
 # --- methods -----------------------------------------------------------------------------
+from tfprune.keras.camp_hive import CampHiVe  # noqa: E402,F401
 from tfprune.keras.oneshot import prune  # noqa: E402,F401
 from tfprune.keras.rd_prune import RDPrune  # noqa: E402,F401
 from tfprune.keras.sosp import SOSPH  # noqa: E402,F401
