@@ -23,7 +23,11 @@ RTOL = 1e-5
 
 def randomize_statistics(model, seed=0):
     """Gives normalization statistics and biases random values, so that slicing the wrong
-    entries of them shows in the outputs (their initial values are all equal)."""
+    entries of them shows in the outputs (their initial values are all equal).
+
+    ConvNeXt's LayerScale starts at 1e-6, which would hide its residual branches (the part
+    that is prunable) under float rounding: it gets values of order 1 too.
+    """
     rng = np.random.default_rng(seed)
     for v in model.weights:
         name = v.name
@@ -31,6 +35,10 @@ def randomize_statistics(model, seed=0):
             v.assign(rng.uniform(0.5, 1.5, v.shape).astype(v.dtype))
         elif name in ("moving_mean", "mean", "beta", "bias"):
             v.assign(rng.uniform(-0.2, 0.2, v.shape).astype(v.dtype))
+    for _, layer in tfprune.graph.iter_layers(model):
+        if type(layer).__name__ == "LayerScale":
+            for v in layer.weights:
+                v.assign(rng.uniform(0.5, 1.5, v.shape).astype(v.dtype))
 
 
 def random_inputs(model, batch=2, seed=0, low=-1.0, high=1.0):
