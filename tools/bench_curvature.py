@@ -13,8 +13,9 @@ times, side by side with interleaved repeats (medians; wall clock and process CP
 - with `--xla`, the same with `jit_compile=True`.
 
 It also reports the first call of each (tracing and graph optimisation included), the peak
-resident memory added during a call (sampled from `/proc/self/statm`), and the wall time of 20
-power iterations over 512 samples. The machine is shared: compare ratios from one run, and
+memory of the tensors a call allocates (TensorFlow's allocator statistics,
+`tf.config.experimental.get_memory_info`), and the wall time of 20 power iterations over 512
+samples. The machine is shared: compare ratios from one run, and
 prefer the CPU-time ratios when the load average is high.
 
 Usage:
@@ -32,7 +33,6 @@ import os
 import pathlib
 import statistics
 import sys
-import threading
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,34 +55,15 @@ MODELS = {
     "resnet8": lambda: zoo.resnet8(),               # ends in a softmax (MLPerf Tiny)
     "resnet20": lambda: zoo.cifar_resnet(20),       # ends in logits
 }
-PAGE = os.sysconf("SC_PAGE_SIZE")
+DEVICE = "CPU:0"
 
 
-def rss_bytes() -> int:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
-
-
-class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every millisecond."""
-
-    def __enter__(self):
-        self.base = self.peak = rss_bytes()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-        return self
-
-    def _sample(self):
-        while not self._stop.is_set():
-            self.peak = max(self.peak, rss_bytes())
-            time.sleep(0.001)
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, rss_bytes())
-        self.added = self.peak - self.base
+def peak_tensor_bytes(fn) -> int:
+    """Peak bytes of tensors allocated by TensorFlow during `fn()`, above the level before it."""
+    tf.config.experimental.reset_memory_stats(DEVICE)
+    before = tf.config.experimental.get_memory_info(DEVICE)["current"]
+    tf.nest.map_structure(np.asarray, fn())
+    return tf.config.experimental.get_memory_info(DEVICE)["peak"] - before
 
 
 def load_images(n: int, seed: int):
@@ -174,9 +155,7 @@ def measure(model_name, repeats, jit_modes, seed):
         rows[name]["first_cpu_s"] = time.process_time() - cpu
         print(f"  {model_name}: {name}: first call {rows[name]['first_s']:.1f} s", flush=True)
     for name, fn in calls.items():
-        with PeakMemory() as mem:
-            tf.nest.map_structure(np.asarray, fn())
-        rows[name]["peak_mb"] = mem.added / 2**20
+        rows[name]["peak_mb"] = peak_tensor_bytes(fn) / 2**20
     for _ in range(repeats):
         for name, fn in calls.items():
             start, cpu = time.perf_counter(), time.process_time()
@@ -229,7 +208,7 @@ def print_table(result):
     print(f"\n{result['model']} ({result['params']:,} params), batch {result['batch']}, "
           f"{result['data']}, median of {result['repeats']}")
     print("| computation | wall ms | CPU ms | per product / gradient (wall) | (CPU) | "
-          "first call s | peak added MB |")
+          "first call s | peak tensor MB |")
     print("|---|---|---|---|---|---|---|")
     for name, r in result["rows"].items():
         per = f" (/{r['per']})" if r["per"] > 1 else ""

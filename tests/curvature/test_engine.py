@@ -49,6 +49,15 @@ def test_traced_once_per_model_and_data_signature():
     curvature.hessian_vector_product(model, loss, (x.astype("float64"), y), v)  # new signature
     assert len(traces) == 2
 
+    class Counting(keras.losses.Loss):
+        def call(self, y_true, y_pred):
+            traces.append(1)
+            return ref.sparse_ce_logits(y_true, y_pred)
+
+    for _ in range(2):  # equal Keras losses (same class and config) share the compiled product
+        curvature.hessian_vector_product(model, Counting(name="counting"), (x, y), v)
+    assert len(traces) == 3
+
 
 def test_dropout_and_batchnorm_run_in_inference_mode():
     keras.utils.set_random_seed(0)
@@ -89,6 +98,7 @@ _DISTRIBUTED = textwrap.dedent("""
             "hvp": curvature.hessian_vector_product(m, loss, (x, y), v, batch_size=8),
             "gnvp": curvature.gauss_newton_vector_product(m, loss, (x, y), v, batch_size=8),
             "hutchinson": curvature.hutchinson(m, loss, (x, y), samples=2, vectors_per_pass=2,
+                                               method="reverse_over_reverse",
                                                batch_size=8).diagonal,
         }}
 

@@ -81,7 +81,7 @@ class HutchinsonResult:
 def hutchinson(model, loss_fn, data, samples: int = 100, seed: Optional[int] = 0,
                weights: Optional[Sequence] = None, hessian: str = EXACT,
                method: str = FORWARD_OVER_REVERSE, batch_size: int = 128,
-               vectors_per_pass: int = 8) -> HutchinsonResult:
+               vectors_per_pass: int = 1) -> HutchinsonResult:
     """Estimates `diag(H)` and `tr(H)` of the Hessian (or Gauss-Newton matrix).
 
     Args:
@@ -95,8 +95,9 @@ def hutchinson(model, loss_fn, data, samples: int = 100, seed: Optional[int] = 0
         hessian: `"exact"` or `"gauss_newton"`.
         method: `"forward_over_reverse"` or `"reverse_over_reverse"`.
         batch_size: samples per batch for `(x, y)` arrays.
-        vectors_per_pass: products computed together per pass over the data (memory grows
-            with it; the forward pass and gradient are shared).
+        vectors_per_pass: products computed in one pass over the data, sharing its forward
+            pass and gradient: cheaper per product (10-20% on ResNet-8), but a longer first
+            trace and more memory.
 
     Returns:
         A `HutchinsonResult`.

@@ -21,6 +21,7 @@ import collections
 import weakref
 from typing import List, Optional, Sequence, Tuple
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -287,8 +288,9 @@ def operator_for(model, loss_fn, hessian: str = EXACT, method: str = FORWARD_OVE
     """The `CurvatureOperator` for these arguments, reused across calls for the same model.
 
     Reuse keeps the compiled functions: a model is traced once per data signature and block
-    layout. The cache holds the model weakly (operators only hold its variables), and keeps the
-    last few operators per model.
+    layout. Losses are the same when they are the same name, the same Keras loss class with
+    the same config, or the same object. The cache holds the model weakly (operators only hold
+    its variables), and keeps the last few operators per model.
     """
     check_choice("hessian", hessian, HESSIANS)
     check_choice("method", method, METHODS)
@@ -298,18 +300,29 @@ def operator_for(model, loss_fn, hessian: str = EXACT, method: str = FORWARD_OVE
         entries = _OPERATORS.setdefault(model, collections.OrderedDict())
     except TypeError:  # not weak-referenceable: no reuse
         return CurvatureOperator(model, loss_fn, hessian, method, weights, jit_compile)
-    key = (hessian, method, bool(jit_compile),
-           loss_fn if isinstance(loss_fn, str) else id(loss_fn),
+    key = (hessian, method, bool(jit_compile), _loss_key(loss_fn),
            None if weights is None else tuple(id(w) for w in weights),
            tuple(id(v) for v in getattr(model, "trainable_variables", ())))
     if key in entries:
         entries.move_to_end(key)
         return entries[key][1]
     op = CurvatureOperator(model, loss_fn, hessian, method, weights, jit_compile)
-    entries[key] = (loss_fn, op)  # the loss is kept so that its id stays unique
+    entries[key] = (loss_fn, op)  # the loss is kept so that an id in a key stays unique
     while len(entries) > _PER_MODEL:
         entries.popitem(last=False)
     return op
+
+
+def _loss_key(loss_fn):
+    """Equal for equal losses: a name, a Keras loss class and config, else the object itself."""
+    if isinstance(loss_fn, str):
+        return loss_fn
+    if isinstance(loss_fn, keras.losses.Loss):
+        try:
+            return type(loss_fn), repr(sorted(loss_fn.get_config().items()))
+        except NotImplementedError:
+            pass
+    return id(loss_fn)
 
 
 def check_choice(name: str, value, choices: Tuple) -> None:
