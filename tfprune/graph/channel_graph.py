@@ -72,6 +72,14 @@ class ChannelGraph:
         tensors: dict tensor key -> channel layout, for every tensor of the flattened graph.
         roots: `roots[i]` is the class (an id) of channel id `i`.
         classes: `classes[g][c]` is the class of channel `c` of group `g`.
+
+    Example:
+
+    ```python
+    import tfprune
+    graph = tfprune.graph.ChannelGraph(tfprune.zoo.resnet8())
+    print(graph.groups[1].describe())      # the same groups as tfprune.channel_groups
+    ```
     """
 
     def __init__(self, model):
