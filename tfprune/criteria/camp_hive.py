@@ -13,11 +13,14 @@ At each pruning event `prepare` measures, on the calibration data, with `tfprune
   curvature-adaptive thresholds;
 - the gradient `g` of the calibration loss (`context.gradient`).
 
-A weight scores `|g_i w_i| + 1/2 max(H_ii, 0) w_i^2`; a channel sums that over every trainable
-entry of its group (producers' output slices, normalisation parameters, consumers' input
-slices; an entry two slices share counts once). Negative estimates of `H_ii` (Hutchinson's
-noise, or negative curvature of the exact Hessian) count as zero, so that removing a unit is
-never scored as a loss decrease and scores stay non-negative for ranking per unit of cost.
+A unit's saliency is the second-order estimate of the loss change of removing it: summed over
+its entries (a weight: itself; a channel: every trainable entry of its group, producers' output
+slices, normalisation parameters, consumers' input slices, an entry two slices share counted
+once), `sum |g_i w_i| + max(1/2 sum H_ii w_i^2, 0)`. A negative curvature term (Hutchinson's
+noise, which makes a large share of single diagonal estimates negative, or negative curvature
+of the exact Hessian) counts as zero, so that removing a unit is never scored below its
+first-order term and scores stay non-negative for ranking per unit of cost; it is clipped after
+the sum over the unit's entries, where the estimator's noise has largely averaged out.
 """
 
 from __future__ import annotations
@@ -74,11 +77,11 @@ class CurvatureEstimate:
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
 
 
-def entry_saliency(gradient, weight, diagonal) -> np.ndarray:
-    """`|g w| + 1/2 max(H_ii, 0) w^2` per entry (float64)."""
+def saliency_terms(gradient, weight, diagonal):
+    """Per entry, the first-order term `|g w|` and the second-order term `1/2 H_ii w^2`."""
     w = np.asarray(weight, dtype=np.float64)
-    return np.abs(np.asarray(gradient, dtype=np.float64) * w) \
-        + 0.5 * np.maximum(np.asarray(diagonal, dtype=np.float64), 0.0) * w * w
+    first = np.abs(np.asarray(gradient, dtype=np.float64) * w)
+    return first, 0.5 * np.asarray(diagonal, dtype=np.float64) * w * w
 
 
 def _positive_int(name, value, low=1):
@@ -296,16 +299,19 @@ class CampHiVeSaliency(Criterion):
 
     def channel_scores(self, group, context):
         diagonal = context.cache[CACHE_KEY].diagonal
-        total = np.zeros(group.size)
+        first, second = np.zeros(group.size), np.zeros(group.size)
         for slices in _trainable_slices_by_variable(group).values():
             v = context.variable(slices[0])
-            values = entry_saliency(context.gradient(v), context.value(v), diagonal[id(v)])
-            total += _union_channel_sum(values, slices, group.size)
-        return total
+            terms = saliency_terms(context.gradient(v), context.value(v), diagonal[id(v)])
+            first += _union_channel_sum(terms[0], slices, group.size)
+            second += _union_channel_sum(terms[1], slices, group.size)
+        return first + np.maximum(second, 0.0)
 
     def weight_scores(self, variable, context):
         diagonal = context.cache[CACHE_KEY].diagonal[id(variable)]
-        return entry_saliency(context.gradient(variable), context.value(variable), diagonal)
+        first, second = saliency_terms(context.gradient(variable), context.value(variable),
+                                       diagonal)
+        return first + np.maximum(second, 0.0)
 
     def get_config(self):
         loss = self.loss

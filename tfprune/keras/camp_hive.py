@@ -73,7 +73,8 @@ class CampHiVe(PruningCallback):
        pool's diagonal Hessian block by block power iteration (pools: channel groups, or
        kernels), the Hessian diagonal (Hutchinson, the top-k eigenpairs, or both), and the
        gradient;
-    2. saliency `|g w| + 1/2 H_ii w^2` per weight, summed over a channel's weights
+    2. saliency `|g w| + 1/2 H_ii w^2` per weight, summed over a channel's weights (a
+       negative curvature term counts as zero)
        (`tfprune.criteria.camp_hive.CampHiVeSaliency`);
     3. a unit is removed when its saliency is below `tau_l = tau (mean_lambda/lambda_l)^beta`,
        `tau` the smallest threshold that meets the schedule's current target (FLOPs, params,
@@ -153,10 +154,11 @@ class CampHiVe(PruningCallback):
                 f"per_unit_cost={per_unit_cost!r}: expected True or False")
         self.merge_rule = check_rule(merge_rule)
         thresholds = AdaptiveThresholds(beta, per_unit_cost=per_unit_cost)
+        # The engine validates `verbose`; the criterion only needs to know whether to print.
+        talk = int(isinstance(verbose, int) and not isinstance(verbose, bool) and verbose > 0)
         criterion = CampHiVeSaliency(diagonal, hessian, hutchinson_samples, power_iters, top_k,
                                      block_curvature=thresholds.beta > 0, loss=loss,
-                                     batch_size=batch_size,
-                                     verbose=verbose if isinstance(verbose, int) else 0)
+                                     batch_size=batch_size, verbose=talk)
         super().__init__(criterion, target, schedule, allocation=thresholds,
                          granularity=granularity, calibration_data=calibration_data,
                          min_channels=min_channels, min_density=min_density, verbose=verbose,
