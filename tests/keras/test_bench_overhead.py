@@ -14,7 +14,8 @@ def test_bench_overhead_runs_interleaved(shared_data, tmp_path):
                                "3", "--batch-size", "64", "--variants", "plain,callback",
                                "--results-dir", str(tmp_path)])
     plain, callback = row["variants"]["plain"], row["variants"]["callback"]
-    assert len(plain["epoch_seconds"]) == len(callback["epoch_seconds"]) == 2
-    assert plain["ratio"] == 1.0 and callback["ratio"] > 0
+    for kind in ("seconds", "cpu_seconds"):
+        assert len(plain[kind]["epochs"]) == len(callback[kind]["epochs"]) == 2
+        assert plain[kind]["ratio"] == 1.0 and callback[kind]["ratio"] > 0
     assert callback["achieved"]["flops_kept"] <= 0.5
     assert (tmp_path / "overhead.json").is_file()
