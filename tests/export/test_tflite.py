@@ -90,3 +90,18 @@ def test_models_without_defined_inputs_are_refused():
     for model in (keras.Sequential([keras.layers.Dense(2)]), subclassed):
         with pytest.raises(UnsupportedModelError, match="has no defined inputs"):
             to_tflite(model, int8=False)
+
+
+def test_inputs_are_quantized_whatever_their_type(resnet8_tflite, calibration):
+    """uint8 pixels and float pixels are real values: both are quantized the same way."""
+    from tfprune.export import quantize
+
+    int8 = resnet8_tflite[1]
+    pixels = calibration[:4]
+    (from_float,) = run_tflite(int8, pixels)
+    (from_uint8,) = run_tflite(int8, pixels.astype(np.uint8))
+    np.testing.assert_array_equal(from_float, from_uint8)
+    tensor = TfliteModel(int8).main.inputs[0]
+    q = quantize(pixels.astype(np.uint8), tensor)
+    np.testing.assert_array_equal(q.astype(np.int16), pixels.astype(np.int16) - 128)
+    np.testing.assert_array_equal(quantize(q, tensor), q)       # already int8: passed through

@@ -261,6 +261,9 @@ def _is_scope_of(name: str, scope: str) -> bool:
 def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:
     """`x` in a tensor's type: quantized with its scale and zero point when it is integer.
 
+    Values already in the tensor's type are taken as quantized and passed through; any other
+    type (float, or e.g. uint8 pixels for an int8 input) holds real values and is quantized.
+
     Args:
         x: values as the model takes them (e.g. raw pixels as float or uint8).
         tensor: the flatbuffer's input tensor.
@@ -279,9 +282,9 @@ def quantize(x: np.ndarray, tensor: Tensor) -> np.ndarray:
         raise ExportError(f"input tensor {tensor.name!r} has type {tensor.dtype}, which tfprune "
                           f"cannot feed; supported: {sorted(_NUMPY_TYPES)}")
     x = np.asarray(x)
-    if np.issubdtype(dtype, np.integer) and tensor.scales and np.issubdtype(x.dtype, np.floating):
+    if np.issubdtype(dtype, np.integer) and tensor.scales and x.dtype != dtype:
         info = np.iinfo(dtype)
-        q = np.round(x / tensor.scales[0]) + tensor.zero_points[0]
+        q = np.round(x.astype(np.float64) / tensor.scales[0]) + tensor.zero_points[0]
         return np.clip(q, info.min, info.max).astype(dtype)
     return x.astype(dtype)
 
