@@ -7,6 +7,7 @@ import tensorflow as tf
 
 import curvature_reference as ref
 from tfprune import curvature
+from tfprune.curvature.operator import CurvatureOperator
 
 LOGITS_CE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 METHODS = ("forward_over_reverse", "reverse_over_reverse")
@@ -109,3 +110,29 @@ def test_dataset_scalar_loss_and_batching_give_the_same_product():
             other = curvature.hessian_vector_product(model, loss, data, v, batch_size=9)
         for a, b in zip(other, base):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_categorical_cross_entropy_with_label_smoothing():
+    model, (x, labels), _, _ = ref.case("mlp")
+    y = np.eye(3, dtype="float32")[labels]
+    smooth = y * 0.9 + 0.1 / 3
+
+    def per_sample(y_true, logits):
+        return -tf.reduce_sum(tf.constant(smooth, tf.float64) * tf.nn.log_softmax(logits), -1)
+
+    r = ref.Reference(model, per_sample, x, y)
+    v = r.unflatten(np.random.default_rng(5).standard_normal(r.theta.shape[0]))
+    loss = keras.losses.CategoricalCrossentropy(from_logits=True, label_smoothing=0.1)
+    hv = curvature.hessian_vector_product(model, loss, (x, y), v, method="reverse_over_reverse")
+    ref.assert_exact(r.flatten(hv), r.hessian() @ r.flatten(v))
+    gv = curvature.gauss_newton_vector_product(model, loss, (x, y), v)
+    ref.assert_exact(r.flatten(gv), r.gauss_newton("ce") @ r.flatten(v))
+
+
+def test_xla_compiled_products_equal_the_plain_ones():
+    model, data, _, _ = ref.case("mlp")
+    v = [np.ones(w.shape, "float32") for w in model.trainable_weights]
+    plain = CurvatureOperator(model, LOGITS_CE).products(data, [v])[0]
+    xla = CurvatureOperator(model, LOGITS_CE, jit_compile=True).products(data, [v])[0]
+    for a, b in zip(xla, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -36,7 +36,12 @@ class HutchinsonResult:
     Example:
 
     ```python
-    est = tfprune.curvature.hutchinson(model, loss, (x, y), samples=100)
+    import numpy as np, tfprune
+    model = tfprune.zoo.small_cnn(input_shape=(8, 8, 1), widths=(4, 8), dense=16)
+    x = np.random.randint(0, 16, (64, 8, 8, 1)).astype("float32")
+    y = np.random.randint(0, 10, 64)
+    loss = "sparse_categorical_crossentropy"
+    est = tfprune.curvature.hutchinson(model, loss, (x, y), samples=16)
     est.trace, est.per_layer(), est.per_group(tfprune.channel_groups(model))
     ```
     """
