@@ -140,6 +140,7 @@ def test_resnet8_on_cifar10_in_under_two_minutes(shared_data, tmp_path):
     report = json.loads((tmp_path / "out" / "report.json").read_text())
     assert report["verification"]["samples"] == 200 and report["accuracy"]["samples"] == 200
     assert report["edgetpu"]["ready"]
+    assert report["verification"]["int8_vs_float"]["top1_agreement"] >= 0.8
     loadavg = pathlib.Path("/proc/loadavg")
     load = loadavg.read_text().split()[0] if loadavg.exists() else "?"
     print(f"strip_and_convert on ResNet-8: {cpu:.1f} s CPU, {wall:.1f} s wall at load {load}; "

@@ -19,8 +19,9 @@ EXPECTED_FILES = {"model.keras", "model_float.tflite", "model_int8.tflite", "res
 def exported(resnet8, calibration, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "resnet8"
     labels = np.random.default_rng(5).integers(0, 10, len(calibration))
-    report = convert(resnet8, out, calibration=calibration, eval_data=(calibration, labels),
-                     name="resnet8", latency_runs=3)
+    # uint8 pixels, as images are stored: they must be quantized, not cast.
+    report = convert(resnet8, out, calibration=calibration.astype(np.uint8),
+                     eval_data=(calibration, labels), name="resnet8", latency_runs=3)
     return out, report
 
 
@@ -62,7 +63,7 @@ def test_report_measures_verification_accuracy_latency_and_edgetpu(exported, cal
     assert v["micro_vs_litert_reference"]["samples"] == len(calibration)
     assert v["micro_vs_litert_reference"]["arena_bytes"] == report.arena["bytes"]
     assert v["float_tflite_vs_keras"]["max_abs_diff"] < 1e-4
-    assert 0 <= v["int8_vs_float"]["top1_agreement"] <= 1
+    assert v["int8_vs_float"]["top1_agreement"] >= 0.75
     assert v["int8_vs_float"]["max_abs_diff"] < 0.5          # softmax outputs in [0, 1]
     acc = report.accuracy
     assert set(acc) == {"samples", "top1_float_keras", "top1_litert_int8", "top1_micro_int8"}
