@@ -8,7 +8,8 @@ default kernels, XNNPACK, round differently and are not expected to match.)
 Measured with the pinned versions (ai-edge-litert 2.3, tflite-micro 0.dev20261023): every
 op agrees bit for bit except FULLY_CONNECTED, whose requantization rounds once in LiteRT and
 twice in TFLite Micro, so an output that lands a hair away from a half step can differ by one
-step (8 of 1,000 CIFAR-10 images on ResNet-8). `first_divergence` locates the op where a
+step (16 of 1,000 CIFAR-10 test images on the trained ResNet-8; a softmax after it can turn
+that step into several). `first_divergence` locates the op where a
 mismatching sample first differs, so that this known case is told apart from a real problem.
 
 Example:
