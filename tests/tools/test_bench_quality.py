@@ -1,0 +1,82 @@
+"""Tests of the quality benchmark (`tools/bench_quality.py`) on a tiny ResNet-8 and random data."""
+
+import json
+import pathlib
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import bench_quality as bq  # noqa: E402
+import tfprune  # noqa: E402
+from tfprune.errors import InvalidPruningArgumentError  # noqa: E402
+
+
+def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
+    base = keras.optimizers.schedules.CosineDecay(5e-4, decay_steps=100)
+    rest = bq.ContinuedSchedule(base, offset=40)
+    for step in (0, 7, 60):
+        assert float(rest(step)) == pytest.approx(float(base(step + 40)))
+    again = bq.ContinuedSchedule.from_config(rest.get_config())
+    assert float(again(10)) == pytest.approx(float(rest(10)))
+    with pytest.raises(InvalidPruningArgumentError, match="offset"):
+        bq.ContinuedSchedule(base, offset=-1)
+    with pytest.raises(InvalidPruningArgumentError, match="LearningRateSchedule"):
+        bq.ContinuedSchedule(1e-3, offset=0)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"method": "obd"}, "accepted are"),
+    ({"method": "sosp_h", "granularity": "weight", "target": 0.9}, "weight granularity takes"),
+    ({"method": "l1", "target": 1.5}, "FLOPs fraction"),
+    ({"method": "rd_prune", "granularity": "weight", "target": 1.0}, "sparsity"),
+    ({"method": "l1", "epochs": 0}, "epochs"),
+])
+def test_run_spec_refuses_bad_input(kwargs, match):
+    with pytest.raises(InvalidPruningArgumentError, match=match):
+        bq.RunSpec(**kwargs)
+
+
+def test_plans_cover_every_method_of_the_issue():
+    runs = {(m, g, t) for m, g, t in bq.PLANS["all"]}
+    for method in ("l1", "taylor", "random", "camp_hive", "sosp_h", "rd_prune"):
+        assert (method, "channel", 0.25) in runs and (method, "channel", 0.5) in runs
+    assert {("rd_prune", "weight", 0.9), ("magnitude", "weight", 0.9)} <= runs
+    assert bq.RunSpec("camp_hive", target=0.5).name != bq.RunSpec("camp_hive").name
+
+
+def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):
+    keras.utils.set_random_seed(0)
+    # A small CNN ending in softmax, like the benchmark's ResNet-8 (fast to trace).
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
+    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    dense_path = tmp_path / "dense.keras"
+    dense.save(dense_path)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 128)
+    data = ((x, y), (x[:64], y[:64]))
+    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2)
+    kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
+                  deploy=False, batch_size=32, log=None)
+    row = bq.run(spec, data, dense_path, **kwargs)
+
+    saved = json.loads((tmp_path / "q.json").read_text())
+    assert [r["run"] for r in saved] == [spec.name]
+    assert [e["epoch"] for e in row["epoch_log"]] == [30, 31]
+    assert row["achieved"]["flops_kept"] <= 0.5
+    small = keras.models.load_model(row["model_path"])
+    assert tfprune.profile(small).macs == row["macs"]
+    assert row["flops_fraction"] == pytest.approx(row["achieved"]["flops_kept"], abs=1e-3)
+    widths = bq.kept_channels(keras.models.load_model(dense_path))
+    assert sum(row["kept_channels"].values()) < sum(widths.values())
+    assert 0 <= row["top1"] <= 100
+
+    # Done runs are not run again (the dense model is not even read).
+    dense_path.unlink()
+    assert bq.run(spec, data, dense_path, **kwargs) == saved[0]
+    assert len(json.loads((tmp_path / "q.json").read_text())) == 1

@@ -1,0 +1,518 @@
+"""Quality of the pruning methods: ResNet-8 on CIFAR-10 at a FLOPs (or sparsity) target.
+
+One run is `(method, granularity, target, epochs, seed)`. It starts from the cached dense
+ResNet-8 (`bench_common.dense_resnet8`, 30 epochs, never retrained) and fine-tunes it for
+`epochs` more epochs (30 .. 30 + epochs - 1) with the protocol's data stream and the
+fine-tuning recipe of `bench_common.fine_tune`: Adam, cosine decay from 5e-4 to 0 over the
+run's steps. Pruning happens during the first of those epochs:
+
+- gradual methods (`l1`, `taylor`, `random`, `camp_hive`, `magnitude`) prune at steps 0,
+  S/3 and 2S/3 of that epoch (`tfprune.PolynomialDecay(0, 2S/3, S/3)`, S its steps: the target
+  is reached a third of an epoch before its end);
+- one-shot methods (`sosp_h`, `rd_prune`) prune before its first step (`OneShot(0)`).
+
+At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
+model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
+schedule (`ContinuedSchedule`) with a fresh Adam state. At weight granularity nothing can be
+stripped (single zeros stay in the kernels), so the callback stays attached for every epoch.
+
+Each run appends a row to `cache/results/<results>.json` (`bench_common.append_result`) and
+saves the stripped model to `cache/quality/<run>.keras` (atomically, as soon as the run
+ends); a run whose row exists is skipped, so the script can be killed and restarted. A row
+holds float top-1 (10k test images), the deployment figures of `bench_common.
+deployment_figures` (int8 TFLite Micro top-1 on the lossless 200, int8 bytes, arena, TFLite
+Micro time), params, MACs, the achieved FLOPs fraction, the channels each group keeps, the
+wall and CPU seconds of the pruning epoch and of the whole run, the seed and the machine.
+
+Calibration data (training images, no augmentation, one seeded draw): 128 images for
+CAMP-HiVe (its benchmark setting, `tools/bench_camp_hive_cost.py`), 1,024 for SOSP-H, RDPrune
+and Taylor (their documented sizes).
+
+Usage:
+
+    python tools/bench_quality.py --plan a            # 25% FLOPs, every channel method
+    python tools/bench_quality.py --method camp_hive,l1 --flops 0.5
+    python tools/bench_quality.py --method rd_prune,magnitude --sparsity 0.9 --epochs 2
+    python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 5 epochs from scratch
+    python tools/bench_quality.py --report                          # table + plots
+    python tools/bench_quality.py --plan all --images 1024 --epochs 1 --results quality_dry
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import pathlib
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+
+import bench_common as bc  # noqa: E402
+import tfprune  # noqa: E402
+from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
+
+CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random")
+WEIGHT_METHODS = ("rd_prune", "magnitude")
+REFERENCE_METHODS = ("dense", "narrow")
+METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
+LABELS = {"l1": "L1 magnitude", "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
+          "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
+          "magnitude": "global magnitude", "dense": "dense", "narrow": "narrow from scratch"}
+CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
+DEFAULT_EPOCHS = 5
+
+# The priority order of the sweep: 25% FLOPs, 50% FLOPs, then weight granularity.
+PLANS = {
+    "a": [("dense", "channel", 1.0)] + [(m, "channel", 0.25) for m in CHANNEL_METHODS],
+    "b": [(m, "channel", 0.5) for m in CHANNEL_METHODS],
+    "c": [(m, "weight", 0.9) for m in WEIGHT_METHODS],
+}
+PLANS["all"] = PLANS["a"] + PLANS["b"] + PLANS["c"]
+
+# Figures of BENCHMARK_PROTOCOL.md (another run of the same protocol), drawn beside ours.
+PROTOCOL_REFERENCE = (
+    {"label": "dense (protocol)", "flops_fraction": 1.0, "top1": 78.50},
+    {"label": "tfmot 75% sparsity +5 ep (protocol)", "flops_fraction": 1.0, "top1": 76.70},
+    {"label": "half width from scratch, 30 ep (protocol)", "flops_fraction": 0.2496,
+     "top1": 70.25},
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One benchmark run.
+
+    Args:
+        method: one of `METHODS`.
+        granularity: `"channel"` (the target is a FLOPs fraction kept) or `"weight"` (the
+            target is a sparsity).
+        target: FLOPs fraction kept in (0, 1], or sparsity in (0, 1).
+        epochs: fine-tuning epochs after the 30 dense ones (the first one prunes).
+        seed: seed of the data stream, the calibration draw and the methods' random draws.
+
+    Example:
+
+    ```python
+    spec = RunSpec("camp_hive", "channel", 0.25)
+    spec.name   # 'camp_hive_channel_flops0.25_e5_s0'
+    ```
+    """
+
+    method: str
+    granularity: str = "channel"
+    target: float = 0.25
+    epochs: int = DEFAULT_EPOCHS
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise InvalidPruningArgumentError(
+                f"method={self.method!r}: accepted are {', '.join(METHODS)}")
+        accepted = WEIGHT_METHODS if self.granularity == "weight" else \
+            CHANNEL_METHODS + REFERENCE_METHODS if self.granularity == "channel" else ()
+        if self.method not in accepted:
+            raise InvalidPruningArgumentError(
+                f"method {self.method!r} with granularity={self.granularity!r}: channel "
+                f"granularity takes {', '.join(CHANNEL_METHODS + REFERENCE_METHODS)}, weight "
+                f"granularity takes {', '.join(WEIGHT_METHODS)}")
+        high_ok = self.granularity == "channel"
+        if isinstance(self.target, bool) or not isinstance(self.target, (int, float)) or \
+                not (0 < self.target < 1 or (high_ok and self.target == 1)):
+            raise InvalidPruningArgumentError(
+                f"target={self.target!r}: a FLOPs fraction in (0, 1] (channel) or a sparsity in "
+                "(0, 1) (weight)")
+        if self.method == "dense" and self.target != 1:
+            raise InvalidPruningArgumentError(f"method 'dense' has target 1.0; got {self.target}")
+        for field, low in (("epochs", 1), ("seed", 0)):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidPruningArgumentError(f"{field}={value!r}: an integer >= {low}")
+
+    @property
+    def name(self) -> str:
+        if self.method == "dense":
+            return f"dense_s{self.seed}"
+        kind = "flops" if self.granularity == "channel" else "sparsity"
+        return f"{self.method}_{self.granularity}_{kind}{self.target:g}_e{self.epochs}_s{self.seed}"
+
+
+@keras.saving.register_keras_serializable(package="bench_quality")
+class ContinuedSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """`schedule` read `offset` steps further on.
+
+    A stripped model gets a new optimizer whose step count starts at 0; this lets its
+    learning rate go on from where the pruning phase left the run's schedule.
+
+    Args:
+        schedule: a `keras.optimizers.schedules.LearningRateSchedule`.
+        offset: optimizer steps already taken on the schedule (`>= 0`).
+
+    Example:
+
+    ```python
+    base = keras.optimizers.schedules.CosineDecay(5e-4, decay_steps=1950)
+    rest = ContinuedSchedule(base, offset=390)
+    assert float(rest(0)) == float(base(390))
+    ```
+    """
+
+    def __init__(self, schedule, offset: int):
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            raise InvalidPruningArgumentError(
+                f"schedule must be a keras LearningRateSchedule; got {schedule!r}")
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise InvalidPruningArgumentError(f"offset={offset!r}: an integer >= 0")
+        self.schedule = schedule
+        self.offset = offset
+
+    def __call__(self, step):
+        return self.schedule(step + self.offset)
+
+    def get_config(self):
+        return {"schedule": keras.optimizers.schedules.serialize(self.schedule),
+                "offset": self.offset}
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(keras.optimizers.schedules.deserialize(config["schedule"]), config["offset"])
+
+
+def calibration_set(x_train: np.ndarray, y_train: np.ndarray, seed: int, count: int = 1024):
+    """`count` training images (float32, no augmentation) and labels, a seeded draw."""
+    order = np.random.default_rng(seed + 1000).permutation(len(x_train))[:count]
+    return x_train[np.sort(order)].astype("float32"), np.asarray(y_train[np.sort(order)])
+
+
+def make_pruning(spec: RunSpec, steps: int, calibration):
+    """The pruning callback of `spec`, its events within the first `steps` optimizer steps."""
+    gradual = tfprune.PolynomialDecay(begin_step=0, end_step=max(1, 2 * steps // 3),
+                                      frequency=max(1, steps // 3))
+    cal = calibration[0][:CALIBRATION_IMAGES.get(spec.method, 0)], \
+        calibration[1][:CALIBRATION_IMAGES.get(spec.method, 0)]
+    common = {"granularity": spec.granularity, "seed": spec.seed}
+    if spec.granularity == "weight":
+        target = tfprune.Target(sparsity=spec.target)
+        if spec.method == "magnitude":
+            return tfprune.MagnitudePruning(target, gradual, "l1", allocation="global",
+                                            verbose=0, **common)
+        return tfprune.RDPrune(target, cal, verbose=1, **common)
+    target = tfprune.Target(flops=spec.target)
+    if spec.method in ("l1", "random"):
+        return tfprune.MagnitudePruning(target, gradual, spec.method, verbose=0, **common)
+    if spec.method == "taylor":
+        return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
+                                        verbose=0, **common)
+    if spec.method == "camp_hive":
+        return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common)
+    if spec.method == "sosp_h":
+        return tfprune.SOSPH(target, calibration_data=cal, verbose=1, seed=spec.seed)
+    return tfprune.RDPrune(target, cal, verbose=1, **common)
+
+
+def kept_channels(model) -> Dict[str, int]:
+    """Channels of each prunable group, keyed by the group's producing layers."""
+    return {"+".join(m.layer for m in g.producers): int(g.size)
+            for g in tfprune.channel_groups(model) if g.prunable}
+
+
+def _completed(results: str, results_dir) -> Dict[str, dict]:
+    path = pathlib.Path(results_dir or bc.CACHE_DIR / "results") / f"{results}.json"
+    rows = json.loads(path.read_text()) if path.is_file() else []
+    return {r["run"]: r for r in rows if "run" in r}
+
+
+def model_dir(results: str) -> pathlib.Path:
+    """Where the stripped models of `results` go: `cache/quality/` (other results: a subfolder)."""
+    base = bc.CACHE_DIR / "quality"
+    return base if results == "quality" else base / results
+
+
+def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_dir=None,
+        models_dir=None, eval_data=None, deploy: bool = True,
+        batch_size: int = bc.PROTOCOL_BATCH, log=sys.stdout) -> dict:
+    """Prunes and fine-tunes (or trains, for `narrow`) one run; records and returns its row.
+
+    A run whose row is already in `<results>.json` is not run again: its row is returned.
+
+    Args:
+        spec: the run.
+        data: `((x_train, y_train), (x_test, y_test))`.
+        dense_path: the trained dense `.keras` model (loaded afresh; never modified).
+        results: results file stem (`bench_common.append_result`).
+        results_dir: folder of the results file (default `cache/results/`).
+        models_dir: where the stripped model is saved (default `model_dir(results)`).
+        eval_data: labelled data for int8 top-1 (the lossless 200), or None.
+        deploy: measure the deployment figures (`bench_common.deployment_figures`).
+        batch_size: images per step.
+        log: where progress lines go.
+
+    Returns:
+        The row.
+
+    Example:
+
+    ```python
+    row = run(RunSpec("l1", "channel", 0.25), bc.load_cifar10(), bc.dense_resnet8_path())
+    ```
+    """
+    done = _completed(results, results_dir)
+    if spec.name in done:
+        print(f"{spec.name}: done already, skipped", file=log, flush=True)
+        return done[spec.name]
+    (x_train, y_train), (x_test, y_test) = data
+    steps = bc.steps_per_epoch(len(x_train), batch_size)
+    first, last = bc.PROTOCOL_DENSE_EPOCHS, bc.PROTOCOL_DENSE_EPOCHS + spec.epochs
+    dense = keras.models.load_model(dense_path)
+    dense_macs = tfprune.profile(dense).macs
+    epoch_log = bc.EpochLog(stream=log)
+    print(f"{spec.name}: start", file=log, flush=True)
+    t0, c0 = time.perf_counter(), bc.EpochLog.cpu_seconds()
+    row = {"run": spec.name, **dataclasses.asdict(spec), "batch_size": batch_size,
+           "train_images": len(x_train), "dense_model": str(dense_path)}
+    pruning = None
+    if spec.method == "dense":
+        small = dense
+    elif spec.method == "narrow":
+        # The same architecture made narrower, trained from scratch for 30 + epochs epochs.
+        mult = bc.width_mult_for_flops(spec.target)
+        small = bc.narrow_resnet8(mult, epochs=last, seed=spec.seed, log_stream=log)
+        info = bc.model_info(bc.narrow_resnet8_path(mult, last, spec.seed))
+        row.update(width_mult=mult, widths=info["widths"], epoch_log=info["epoch_log"],
+                   run_wall_s=info["train_wall_s"], run_cpu_s=info["train_cpu_s"])
+    else:
+        calibration = calibration_set(x_train, y_train, spec.seed)
+        lr = keras.optimizers.schedules.CosineDecay(bc.FINE_TUNE_LR,
+                                                    decay_steps=spec.epochs * steps)
+        pruning = make_pruning(spec, steps, calibration)
+        prune_epochs = last if spec.granularity == "weight" else first + 1
+        bc.fine_tune(dense, data, epochs=prune_epochs, initial_epoch=first, seed=spec.seed,
+                     lr=lr, batch_size=batch_size, callbacks=[pruning, epoch_log], verbose=0)
+        row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
+        small = tfprune.strip(dense)
+        if prune_epochs < last:
+            # Fresh Adam state, same peak and schedule position: what a user who strips
+            # right after pruning can do.
+            bc.fine_tune(small, data, epochs=last, initial_epoch=prune_epochs, seed=spec.seed,
+                         lr=ContinuedSchedule(lr, steps), batch_size=batch_size,
+                         callbacks=[epoch_log], verbose=0)
+        row.update(epoch_log=epoch_log.epochs,
+                   prune_epoch_wall_s=epoch_log.epochs[0]["wall_s"],
+                   prune_epoch_cpu_s=epoch_log.epochs[0]["cpu_s"],
+                   run_wall_s=round(time.perf_counter() - t0, 1),
+                   run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1),
+                   events=[e.step for e in pruning.events if e.skipped is None],
+                   calibration_images=CALIBRATION_IMAGES.get(spec.method, 0),
+                   pruning_config=_config(pruning))
+        records = getattr(pruning, "records", None)
+        if records:
+            row["event_seconds"] = [{k: round(float(v), 2) for k, v in r.seconds.items()}
+                                    for r in records]
+    profile = tfprune.profile(small)
+    row.update(top1=round(bc.evaluate(small, x_test, y_test), 2), params=profile.params,
+               macs=profile.macs, flops_fraction=round(profile.macs / dense_macs, 4),
+               kept_channels=kept_channels(small))
+    folder = pathlib.Path(models_dir or model_dir(results))
+    if spec.method != "dense":
+        # Saved uncompiled, as `tfprune.strip` returns it: the fine-tuning optimizer's
+        # schedule is this script's class, which a reader of the file should not need.
+        plain = keras.Model.from_config(small.get_config())
+        plain.set_weights(small.get_weights())
+        path = bc._atomic_write(folder / f"{spec.name}.keras", lambda p: plain.save(p))
+        row["model_path"] = str(path)
+    if deploy:
+        row["deployment"] = bc.deployment_figures(
+            small, folder / "export" / spec.name,
+            bc.representative_images(x_train), eval_data=eval_data, name="model")
+    row["machine"] = bc.machine_info()
+    bc.append_result(results, row, results_dir)
+    print(json.dumps({k: row.get(k) for k in ("run", "top1", "flops_fraction", "achieved",
+                                              "prune_epoch_cpu_s", "run_cpu_s")}),
+          file=log, flush=True)
+    return row
+
+
+def _config(pruning) -> dict:
+    config = pruning.get_config()
+    return json.loads(json.dumps(config, default=repr))
+
+
+# --- report --------------------------------------------------------------------------------
+
+
+def _pct(value, dense) -> str:
+    return "" if value is None or not dense else f"{100.0 * value / dense:.0f}%"
+
+
+def _fmt(value, digits=2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
+
+
+def report_table(rows: Sequence[dict]) -> str:
+    """The markdown table of `rows` (dense first), with ratios to the dense row's figures."""
+    dense = next((r for r in rows if r["method"] == "dense"), None)
+    dd = (dense or {}).get("deployment", {})
+    head = ("| run | target | FLOPs kept | float top-1 | TFLM int8 top-1 (200) | params | MACs | "
+            "int8 bytes | arena bytes | TFLM ms | pruning epoch CPU s | run CPU s |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    order = {m: i for i, m in enumerate(METHODS)}
+    for r in sorted(rows, key=lambda r: (r["granularity"], -r["target"], order[r["method"]])):
+        d = r.get("deployment", {})
+        target = "-" if r["method"] == "dense" else (
+            f"FLOPs {r['target']:g}" if r["granularity"] == "channel" else f"sparsity {r['target']:g}")
+        lines.append(
+            f"| {LABELS[r['method']]} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
+            f"{r['top1']:.2f} | {_fmt(d.get('top1_micro_int8'), 1)} | {r['params']:,} | "
+            f"{r['macs'] / 1e6:.2f} M | {_fmt(d.get('int8_bytes'))} ({_pct(d.get('int8_bytes'), dd.get('int8_bytes'))}) | "
+            f"{_fmt(d.get('arena_bytes'))} ({_pct(d.get('arena_bytes'), dd.get('arena_bytes'))}) | "
+            f"{_fmt(d.get('micro_ms'))} ({_pct(d.get('micro_ms'), dd.get('micro_ms'))}) | "
+            f"{_fmt(r.get('prune_epoch_cpu_s'), 0)} | {_fmt(r.get('run_cpu_s'), 0)} |")
+    return "\n".join(lines)
+
+
+def _latest(rows: Sequence[dict]) -> List[dict]:
+    """The last row of each run."""
+    return list({r["run"]: r for r in rows if "run" in r}.values())
+
+
+def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
+    """Float top-1 against the FLOPs fraction: one marker per method, references beside."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    markers = {"l1": "o", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s", "taylor": "^",
+               "random": "v", "dense": "P", "narrow": "X"}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, marker in markers.items():
+        pts = sorted((r["flops_fraction"], r["top1"]) for r in rows
+                     if r["method"] == method and r["granularity"] == "channel")
+        if pts:
+            ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
+                    linestyle="-" if len(pts) > 1 else "none", label=LABELS[method])
+    for ref in PROTOCOL_REFERENCE:
+        ax.plot(ref["flops_fraction"], ref["top1"], marker="o", markersize=8, mfc="none",
+                color="gray", linestyle="none")
+        ax.annotate(ref["label"], (ref["flops_fraction"], ref["top1"]), fontsize=7,
+                    color="gray", xytext=(-4, 4), textcoords="offset points", ha="right")
+    ax.set_xlabel("FLOPs kept (fraction of the dense ResNet-8)")
+    ax.set_ylabel("float top-1 on the 10k CIFAR-10 test images (%)")
+    ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (seed 0)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower right")
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> pathlib.Path:
+    """Channels each group keeps, per method, at `target` FLOPs, over the dense widths."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    dense = next(r for r in rows if r["method"] == "dense")
+    groups = list(dense["kept_channels"])
+    chosen = [r for r in rows if r["granularity"] == "channel" and r["target"] == target
+              and r["method"] in CHANNEL_METHODS + ("narrow",)]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    x = np.arange(len(groups))
+    ax.bar(x, [dense["kept_channels"][g] for g in groups], 0.9, color="none", edgecolor="gray",
+           label="dense")
+    width = 0.85 / max(1, len(chosen))
+    for i, r in enumerate(chosen):
+        values = list(r["kept_channels"].values())
+        kept = [r["kept_channels"].get(g, values[j] if j < len(values) else 0)
+                for j, g in enumerate(groups)]
+        ax.bar(x - 0.425 + (i + 0.5) * width, kept, width, label=LABELS[r["method"]])
+    ax.set_xticks(x, [g.replace("+", "\n") for g in groups], fontsize=7)
+    ax.set_ylabel("channels kept")
+    ax.set_title(f"Channels kept per group at {target:.0%} of the dense FLOPs")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path) -> pathlib.Path:
+    import matplotlib.pyplot as plt
+
+    path = pathlib.Path(path)
+    bc._atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    plt.close(fig)
+    return path
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def specs_from_args(args) -> List[RunSpec]:
+    """The runs the command line asks for, in order."""
+    if args.plan:
+        return [RunSpec(m, g, t, args.epochs if m != "dense" else 1, args.seed)
+                for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
+    methods = [m for m in args.method.split(",") if m]
+    if args.sparsity is not None:
+        return [RunSpec(m, "weight", s, args.epochs, args.seed)
+                for s in args.sparsity for m in methods]
+    return [RunSpec(m, "channel", 1.0 if m == "dense" else f,
+                    1 if m == "dense" else args.epochs, args.seed)
+            for f in args.flops for m in methods]
+
+
+def main(argv=None):
+    parser = bc.add_data_dir_argument(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
+    parser.add_argument("--plan", help="comma-separated plans among " + ", ".join(PLANS))
+    parser.add_argument("--method", default=",".join(CHANNEL_METHODS),
+                        help="comma-separated methods among " + ", ".join(METHODS))
+    parser.add_argument("--flops", type=float, nargs="+", default=[0.25])
+    parser.add_argument("--sparsity", type=float, nargs="+", default=None,
+                        help="weight granularity at these sparsities instead of --flops")
+    parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--images", type=int, default=None,
+                        help="train on this many training images (a seeded subset; dry runs)")
+    parser.add_argument("--results", default="quality", help="results file stem")
+    parser.add_argument("--no-deploy", action="store_true")
+    parser.add_argument("--report", action="store_true", help="print the table, write the plots")
+    args = parser.parse_args(argv)
+    if args.plan and any(p not in PLANS for p in args.plan.split(",")):
+        raise InvalidPruningArgumentError(f"--plan {args.plan}: accepted are {', '.join(PLANS)}")
+
+    if args.report:
+        path = bc.CACHE_DIR / "results" / f"{args.results}.json"
+        rows = _latest(json.loads(path.read_text()))
+        print(report_table(rows))
+        img = bc.ROOT / "docs" / "img"
+        print(plot_accuracy_flops(rows, img / "quality_accuracy_flops.png"))
+        print(plot_kept_channels(rows, img / "quality_kept_channels.png"))
+        return rows
+
+    specs = specs_from_args(args)
+    data = bc.load_cifar10(args.data_dir)
+    if args.images:
+        if not 128 <= args.images <= len(data[0][0]):
+            raise DataError(f"--images {args.images}: between 128 and {len(data[0][0])}")
+        order = np.sort(np.random.default_rng(args.seed).permutation(len(data[0][0]))[:args.images])
+        data = ((data[0][0][order], data[0][1][order]), data[1])
+    dense_path = bc.dense_resnet8_path(0)
+    if not dense_path.is_file():
+        raise DataError(f"{dense_path} is missing: run `make bench-dense` first")
+    base = args.data_dir or tfprune.datasets.shared_data_dir(required=True)
+    eval_data = pathlib.Path(base) / "cifar10-lossless-200"
+    rows = []
+    for spec in specs:
+        rows.append(run(spec, data, dense_path, results=args.results, eval_data=eval_data,
+                        deploy=not args.no_deploy))
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
