@@ -61,11 +61,14 @@ def test_convert_writes_the_folder_and_prints_a_summary(files, tmp_path, capsys)
 def test_json_output(files, tmp_path, capsys):
     model, data = files
     rc = main(["convert", str(model), "--calibration", str(data), "--out", str(tmp_path / "o"),
-               "--no-int8", "--samples", "4", "--latency-runs", "1", "--json"])
+               "--no-int8", "--samples", "4", "--latency-runs", "1", "--json",
+               "--dense-as-conv"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["generator"] == "tfprune" and report["tflite"]["int8_bytes"] is None
     assert report["verification"]["samples"] == 4
+    assert report["tflite"]["dense_as_conv"] is True
+    assert "FULLY_CONNECTED" not in report["tflite"]["ops"] and "CONV_2D" in report["tflite"]["ops"]
 
 
 def test_errors_exit_non_zero_with_one_clear_line(files, tmp_path, capsys):

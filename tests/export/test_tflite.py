@@ -59,6 +59,37 @@ def test_bad_arguments_are_clear_errors(tiny_tflite):
         TfliteModel(b"0123456789abcdef")
 
 
+def test_dense_as_conv_computes_the_same_float_function(tiny_tflite):
+    model, x = tiny_tflite.model, tiny_tflite.x
+    flatbuffer = to_tflite(model, int8=False, dense_as_conv=True)
+    assert "FULLY_CONNECTED" not in TfliteModel(flatbuffer).op_counts()
+    (y,) = run_tflite(flatbuffer, x)
+    np.testing.assert_allclose(y, model.predict(x, verbose=0), atol=1e-6)
+    assert [type(l).__name__ for l in model.layers][-1] == "Dense"
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), tiny_tflite.weights))
+
+
+def test_dense_as_conv_rewrites_the_graph_dense_layers_only(tiny_tflite):
+    import keras
+
+    class Head(keras.layers.Layer):
+        def __init__(self):
+            super().__init__()
+            self.dense = keras.layers.Dense(2)
+
+        def call(self, x):
+            return self.dense(x)
+
+    inputs = keras.Input((4,))
+    hidden = keras.layers.Dense(3, activation="relu")(inputs)
+    model = keras.Model(inputs, Head()(hidden))
+    ops = TfliteModel(to_tflite(model, int8=False, dense_as_conv=True)).op_counts()
+    # The graph's Dense becomes CONV_2D; one inside a custom layer's call stays as it is.
+    assert ops.get("CONV_2D") == 1 and ops.get("FULLY_CONNECTED") == 1, ops
+    with pytest.raises(InvalidExportOptionError, match="dense_as_conv must be True or False"):
+        to_tflite(tiny_tflite.model, tiny_tflite.x, dense_as_conv="yes")
+
+
 def test_conversion_does_not_change_the_model(tiny_tflite):
     assert tiny_tflite.model.get_config() == tiny_tflite.config
     for a, b in zip(tiny_tflite.weights, tiny_tflite.model.get_weights()):

@@ -229,7 +229,8 @@ class _Measurement:
                                         "macs": p.macs, "flops": p.flops,
                                         "weight_bytes": p.weight_bytes}
         with self.step("convert"):
-            float_fb, int8_fb = tflite_variants(self.model, calibration, o["int8"], o["batch_size"])
+            float_fb, int8_fb = tflite_variants(self.model, calibration, o["int8"], o["batch_size"],
+                                                o["dense_as_conv"])
         self.files["model_float.tflite"] = float_fb
         if int8_fb is not None:
             self.files["model_int8.tflite"] = int8_fb
@@ -238,7 +239,8 @@ class _Measurement:
         fb = TfliteModel(deploy)
         self.sections["tflite"] = {
             "float_bytes": len(float_fb), "int8_bytes": None if int8_fb is None else len(int8_fb),
-            "batch_size": o["batch_size"], "deployed": deploy_name, "ops": fb.op_counts(),
+            "batch_size": o["batch_size"], "dense_as_conv": o["dense_as_conv"],
+            "deployed": deploy_name, "ops": fb.op_counts(),
             "float_ops_in_int8": [] if int8_fb is None else _float_ops(fb),
             "inputs": [_tensor_info(t) for t in fb.main.inputs],
             "outputs": [_tensor_info(t) for t in fb.main.outputs]}
@@ -295,6 +297,15 @@ class _Measurement:
         if arena is not None:
             check = verify_micro(deploy, x, arena_size=arena.bytes)
             v["micro_vs_litert_reference"] = check.to_dict()
+            d = check.first_divergence
+            if d is not None and d["op"] == "FULLY_CONNECTED" and not self.options["dense_as_conv"]:
+                self.notes.append(
+                    f"TFLite Micro and LiteRT's reference kernels differ on "
+                    f"{check.mismatched_samples} of {check.samples} samples, first at "
+                    "FULLY_CONNECTED: LiteRT's reference FULLY_CONNECTED requantizes in double "
+                    "precision, TFLite Micro in fixed point (docs/deployment.md); "
+                    "--dense-as-conv (dense_as_conv=True) converts Dense layers to CONV_2D, "
+                    "bit exact in both")
             deployed, runtime = check.micro_outputs[0], "micro"
         else:
             deployed, runtime = run_tflite(deploy, x, "litert_ref")[0], "litert_ref"
@@ -382,7 +393,8 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
             int8: bool = True, batch_size: int = 1, baseline=None,
             max_arena: Optional[int] = None, max_flash: Optional[int] = None,
             samples: int = DEFAULT_SAMPLES, eval_samples: Optional[int] = None,
-            strip: bool = True, latency_runs: int = LATENCY_RUNS, seed: int = 0) -> Report:
+            strip: bool = True, latency_runs: int = LATENCY_RUNS, seed: int = 0,
+            dense_as_conv: bool = False) -> Report:
     """Strips a model, converts it, measures it, and writes a deployable folder.
 
     Writes into `out_dir`: `model.keras` (the stripped model), `model_float.tflite`,
@@ -407,6 +419,8 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
         strip: strip pruning wrappers and zeroed channels first.
         latency_runs: timed invokes per runtime (median reported).
         seed: seed of the sample subsets.
+        dense_as_conv: convert `Dense` layers on 2-D inputs as 1x1 `CONV_2D` (`to_tflite`):
+            TFLite Micro then matches LiteRT's reference kernels bit for bit end to end.
 
     Returns:
         The `Report` also written as `report.json`.
@@ -439,8 +453,11 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
         raise MicroRuntimeUnavailableError(
             "--max-arena needs the arena measured with TFLite Micro, which is not installed "
             "(tflite-micro wheels exist for Linux x86-64, CPython 3.10-3.13)")
+    if not isinstance(dense_as_conv, bool):
+        raise InvalidExportOptionError(f"dense_as_conv must be True or False; got {dense_as_conv!r}")
     options = {"name": name, "int8": int8, "batch_size": batch_size, "max_arena": max_arena,
-               "max_flash": max_flash, "latency_runs": latency_runs}
+               "max_flash": max_flash, "latency_runs": latency_runs,
+               "dense_as_conv": dense_as_conv}
     staging = _Staging(out_dir)
     try:
         t0 = time.perf_counter()

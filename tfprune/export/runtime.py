@@ -2,8 +2,9 @@
 
 Three runtimes, named as in reports:
 - `"litert"`: LiteRT's default kernels (XNNPACK, optimised for the host CPU);
-- `"litert_ref"`: LiteRT's reference kernels (`OpResolverType.BUILTIN_REF`), bit-exact with
-  TFLite Micro for int8 models and a proxy for microcontroller speed;
+- `"litert_ref"`: LiteRT's reference kernels (`OpResolverType.BUILTIN_REF`), bit exact with
+  TFLite Micro for int8 models but for FULLY_CONNECTED (`verify_micro` says why), and a proxy
+  for microcontroller speed;
 - `"micro"`: the TFLite Micro interpreter (reference kernels), run in a child process.
 
 Times are the median of `repeat` single invokes on one thread (BENCHMARK_PROTOCOL.md).

@@ -7,6 +7,17 @@ representative dataset, `supported_ops=[TFLITE_BUILTINS_INT8]` and int8 input an
 Without a representative dataset the converter silently makes a *hybrid* model (int8
 weights, float activations) that neither can run, so `to_tflite` refuses to.
 
+`dense_as_conv=True` converts every `Dense` layer applied to a `(batch, features)` tensor as
+the equivalent 1x1 convolution on a 1x1 image (`CONV_2D` between two reshapes) instead of
+`FULLY_CONNECTED`. The float function is the same; what changes is the int8 arithmetic of
+LiteRT's reference kernels. LiteRT's reference `FULLY_CONNECTED` requantizes its int32
+accumulators in double precision (`round(acc * s_in * s_w / s_out)`), while TFLite Micro's,
+and both runtimes' `CONV_2D`, use the fixed-point multiplier with two roundings
+(`MultiplyByQuantizedMultiplier`). With `dense_as_conv` the int8 model is therefore bit
+exact between TFLite Micro and LiteRT's reference kernels end to end, and computes what
+TFLite Micro computes for the `FULLY_CONNECTED` model, at the cost of one `RESHAPE` op
+(docs/deployment.md gives the measured bytes, arena and time).
+
 Example:
 
 ```python
@@ -85,12 +96,64 @@ def _input_specs(model, batch_size: int):
     return specs
 
 
+def _dense_as_conv_layer():
+    import keras
+
+    class DenseAsConv2D(keras.layers.Layer):
+        """Computes a `Dense` layer on 2-D inputs as a 1x1 convolution of a 1x1 image.
+
+        It shares the Dense layer's variables; inputs of another rank go to the Dense layer.
+        """
+
+        def __init__(self, dense, **kwargs):
+            super().__init__(name=dense.name, dtype=dense.dtype_policy, **kwargs)
+            self.dense = dense
+
+        def call(self, x):
+            dense = self.dense
+            if len(x.shape) != 2:
+                return dense(x)
+            ops = keras.ops
+            kernel = ops.reshape(dense.kernel, (1, 1, *dense.kernel.shape))
+            y = ops.conv(ops.reshape(x, (-1, 1, 1, x.shape[-1])), kernel, padding="valid")
+            if dense.use_bias:
+                y = y + dense.bias
+            return dense.activation(ops.reshape(y, (-1, dense.units)))
+
+        def compute_output_shape(self, input_shape):
+            return self.dense.compute_output_shape(input_shape)
+
+    return DenseAsConv2D
+
+
+def _with_dense_as_conv(model):
+    """A clone of `model` whose plain `Dense` layers compute as 1x1 convolutions (shared
+    variables: the user's model is neither copied nor changed)."""
+    import keras
+
+    layer_type = _dense_as_conv_layer()
+
+    def clone(layer):
+        # Subclasses of Dense may compute something else; they are left as they are.
+        return layer_type(layer) if type(layer) is keras.layers.Dense else layer
+
+    try:
+        return keras.models.clone_model(model, clone_function=clone, recursive=True)
+    except Exception as e:  # clone_model raises ValueError/TypeError for subclassed models
+        raise InvalidExportOptionError(
+            f"dense_as_conv rebuilds the model's graph, which needs a functional or "
+            f"Sequential model; {model.name!r} ({type(model).__name__}) could not be "
+            f"rebuilt ({type(e).__name__}: {e}). Convert with dense_as_conv=False") from e
+
+
 @contextlib.contextmanager
-def _exported(model, batch_size: int) -> Iterator[str]:
+def _exported(model, batch_size: int, dense_as_conv: bool = False) -> Iterator[str]:
     """A SavedModel of `model.__call__(training=False)` with the batch fixed, in a temp dir."""
     import keras
 
     specs = _input_specs(model, batch_size)
+    if dense_as_conv:
+        model = _with_dense_as_conv(model)
     with tempfile.TemporaryDirectory(prefix="tfprune-export-") as tmp:
         with native_output_captured() as log:
             try:
@@ -143,7 +206,8 @@ def require_inputs(model) -> None:
             "keras.Model(inputs, model(inputs))")
 
 
-def _check_request(model, calibration, int8: bool, batch_size: int) -> None:
+def _check_request(model, calibration, int8: bool, batch_size: int,
+                   dense_as_conv: bool = False) -> None:
     import keras
 
     if not isinstance(model, keras.Model):
@@ -151,6 +215,8 @@ def _check_request(model, calibration, int8: bool, batch_size: int) -> None:
     require_inputs(model)
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise InvalidExportOptionError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if not isinstance(dense_as_conv, bool):
+        raise InvalidExportOptionError(f"dense_as_conv must be True or False; got {dense_as_conv!r}")
     if int8 and calibration is None:
         raise CalibrationRequiredError(
             "full-integer (int8) conversion needs calibration data: without a representative "
@@ -182,11 +248,12 @@ def _convert(saved_model: str, model, calibration, int8: bool, batch_size: int) 
     return bytes(result)
 
 
-def tflite_variants(model, calibration=None, int8: bool = True, batch_size: int = 1):
+def tflite_variants(model, calibration=None, int8: bool = True, batch_size: int = 1,
+                    dense_as_conv: bool = False):
     """The float and the int8 flatbuffer from a single export of the model.
 
     Args:
-        model, calibration, int8, batch_size: as for `to_tflite`.
+        model, calibration, int8, batch_size, dense_as_conv: as for `to_tflite`.
 
     Returns:
         `(float_bytes, int8_bytes)`, each what `to_tflite` gives; `int8_bytes` is None when
@@ -198,14 +265,15 @@ def tflite_variants(model, calibration=None, int8: bool = True, batch_size: int 
     float_tflite, int8_tflite = tflite_variants(model, calibration=x[:200])
     ```
     """
-    _check_request(model, calibration, int8, batch_size)
-    with _exported(model, batch_size) as saved_model:
+    _check_request(model, calibration, int8, batch_size, dense_as_conv)
+    with _exported(model, batch_size, dense_as_conv) as saved_model:
         float_bytes = _convert(saved_model, model, None, False, batch_size)
         int8_bytes = _convert(saved_model, model, calibration, True, batch_size) if int8 else None
     return float_bytes, int8_bytes
 
 
-def to_tflite(model, calibration=None, int8: bool = True, batch_size: int = 1) -> bytes:
+def to_tflite(model, calibration=None, int8: bool = True, batch_size: int = 1,
+              dense_as_conv: bool = False) -> bytes:
     """Converts a Keras model to a TFLite flatbuffer with static shapes.
 
     Args:
@@ -216,6 +284,9 @@ def to_tflite(model, calibration=None, int8: bool = True, batch_size: int = 1) -
         int8: full-integer quantization (int8 weights and activations, int8 input and output).
             False gives a float32 model.
         batch_size: the fixed batch dimension (1 for microcontrollers and the Edge TPU).
+        dense_as_conv: convert `Dense` layers on 2-D inputs as 1x1 `CONV_2D` (see the module
+            docstring): bit exact between TFLite Micro and LiteRT's reference kernels, one
+            `RESHAPE` more per such layer. Functional and Sequential models only.
 
     Returns:
         The flatbuffer bytes.
@@ -229,10 +300,11 @@ def to_tflite(model, calibration=None, int8: bool = True, batch_size: int = 1) -
 
     ```python
     int8 = to_tflite(model, calibration=x_train[:200])
+    exact = to_tflite(model, calibration=x_train[:200], dense_as_conv=True)
     ```
     """
-    _check_request(model, calibration, int8, batch_size)
-    with _exported(model, batch_size) as saved_model:
+    _check_request(model, calibration, int8, batch_size, dense_as_conv)
+    with _exported(model, batch_size, dense_as_conv) as saved_model:
         return _convert(saved_model, model, calibration, int8, batch_size)
 
 
