@@ -69,6 +69,8 @@ def test_save_load_and_resume_reproduces_masks(tiny_cnn, data, reference, tmp_pa
     del model
     loaded = keras.saving.load_model(path)
     assert int(loaded.optimizer.iterations.numpy()) == 4     # the schedule's step is saved
+    if wrap:                                                  # and a wrapped model's target
+        assert tfprune.keras.saved_target(loaded) == tfprune.Target(flops=0.4)
     cb = _callback()
     _fit(loaded, data, [cb], epochs=EPOCHS, initial_epoch=1)
     _assert_same_run(loaded, cb, reference(wrap))
@@ -96,3 +98,19 @@ def test_backup_and_restore_after_interruption_reproduces_masks(tiny_cnn, data, 
     cb = _callback()
     _fit(model, data, [cb, keras.callbacks.BackupAndRestore(backup)], epochs=EPOCHS)
     _assert_same_run(model, cb, reference(False))
+
+
+def test_resuming_toward_another_target_warns_and_records_it(tiny_cnn, data, tmp_path):
+    model = _model(tiny_cnn, wrap=True)
+    assert tfprune.keras.saved_target(model) is None
+    with pytest.warns(UserWarning, match="ends at step 6"):
+        _fit(model, data, [_callback()], epochs=1)
+    path = os.path.join(tmp_path, "half.keras")
+    model.save(path)
+    loaded = keras.saving.load_model(path)
+    other = tfprune.MagnitudePruning(tfprune.Target(flops=0.6), tfprune.OneShot(4),
+                                     criterion="random", verbose=0)
+    with pytest.warns(UserWarning, match=r"pruned toward Target\(flops=0.4\); this run prunes "
+                                         r"it toward Target\(flops=0.6\)"):
+        _fit(loaded, data, [other], epochs=2, initial_epoch=1)
+    assert tfprune.keras.saved_target(loaded) == tfprune.Target(flops=0.6)

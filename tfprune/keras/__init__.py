@@ -17,4 +17,4 @@ from tfprune.keras.schedules import (ConstantSparsity, OneShot, PolynomialDecay,
 from tfprune.keras.stripping import strip  # noqa: F401
 from tfprune.keras.summaries import PruningSummaries  # noqa: F401
 from tfprune.keras.targets import Target  # noqa: F401
-from tfprune.keras.wrapper import PruningWrapper, prunable  # noqa: F401
+from tfprune.keras.wrapper import PruningWrapper, prunable, saved_target  # noqa: F401

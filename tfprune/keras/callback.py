@@ -56,7 +56,7 @@ from tfprune.graph.paths import find_variable, iter_layers
 from tfprune.keras.masks import MaskSet
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
-from tfprune.keras.wrapper import PruningWrapper, is_wrapped, unwrap
+from tfprune.keras.wrapper import PruningWrapper, is_wrapped, record_target, saved_target, unwrap
 
 GRANULARITIES = (CHANNEL, WEIGHT)
 #: Variable names pruned at weight granularity (plus a layer's `get_prunable_weights()`).
@@ -246,6 +246,17 @@ class PruningCallback(keras.callbacks.Callback):
         self._logs = {}
         _ACTIVE[model] = self
         self._warn_if_schedule_too_long()
+        self._record_target(model)
+
+    def _record_target(self, model):
+        """Keeps the target in a wrapped model's file; a resumed run toward another one warns."""
+        if not is_wrapped(model):
+            return
+        saved = saved_target(model)
+        if saved is not None and saved != self.target:
+            warnings.warn(f"{type(self).__name__}: this model was pruned toward {saved!r}; this "
+                          f"run prunes it toward {self.target!r} and records the new target")
+        record_target(model, self.target)
 
     def _setup_channels(self, model):
         from tfprune.graph import channel_groups

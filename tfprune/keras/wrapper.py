@@ -18,10 +18,14 @@ class PruningWrapper(keras.layers.Wrapper):
     to the output and its gradient is exactly zero; updates the layer makes to its own state
     (BatchNormalization statistics) are written back. Masks are weights of the wrapper, so they
     are saved and restored with the model. The wrapper takes the name of the layer it wraps,
-    so layer paths (and channel groups) are the same as in the unwrapped model.
+    so layer paths (and channel groups) are the same as in the unwrapped model. A pruning
+    callback records its target in `pruning_target` (a `tfprune.Target` config), which is
+    saved with the model: a resumed run is checked against it.
 
     Args:
         layer: the layer to wrap (built or not).
+        pruning_target: the target config of the pruning run that drives the masks, or None
+            (set by the pruning callbacks; rarely given by hand).
         **kwargs: `keras.layers.Layer` arguments.
 
     Example:
@@ -34,10 +38,11 @@ class PruningWrapper(keras.layers.Wrapper):
     ```
     """
 
-    def __init__(self, layer, **kwargs):
+    def __init__(self, layer, pruning_target=None, **kwargs):
         kwargs.setdefault("name", layer.name)
         super().__init__(layer, **kwargs)
         self._masks = []
+        self.pruning_target = dict(pruning_target) if pruning_target is not None else None
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -66,6 +71,12 @@ class PruningWrapper(keras.layers.Wrapper):
 
     def compute_output_shape(self, input_shape, *args, **kwargs):
         return self.layer.compute_output_shape(input_shape, *args, **kwargs)
+
+    def get_config(self):
+        config = super().get_config()
+        if self.pruning_target is not None:
+            config["pruning_target"] = dict(self.pruning_target)
+        return config
 
 
 def _clone(layer):
@@ -136,6 +147,32 @@ def prunable(model) -> keras.Model:
 def is_wrapped(model) -> bool:
     """Whether any layer of `model` (nested models included) is a `PruningWrapper`."""
     return any(isinstance(layer, PruningWrapper) for _, layer in iter_layers(model))
+
+
+def saved_target(model):
+    """The `tfprune.Target` a pruning run recorded in the wrappers of `model`, or None.
+
+    Example:
+
+    ```python
+    import tfprune
+    model = tfprune.prunable(tfprune.zoo.small_cnn())
+    tfprune.keras.saved_target(model)     # None: no pruning run has driven it yet
+    ```
+    """
+    from tfprune.keras.targets import Target
+
+    for _, layer in iter_layers(model):
+        if isinstance(layer, PruningWrapper) and layer.pruning_target is not None:
+            return Target.from_config(layer.pruning_target)
+    return None
+
+
+def record_target(model, target) -> None:
+    """Writes `target`'s config into every `PruningWrapper` of `model` (saved with it)."""
+    for _, layer in iter_layers(model):
+        if isinstance(layer, PruningWrapper):
+            layer.pruning_target = target.get_config()
 
 
 def unwrap(model) -> keras.Model:
