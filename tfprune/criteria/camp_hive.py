@@ -37,9 +37,10 @@ from tfprune import curvature
 from tfprune.criteria.base import CHANNEL, WEIGHT, Criterion
 from tfprune.criteria.sosp import _trainable_slices_by_variable, _union_channel_sum
 from tfprune.curvature.data import CalibrationData
+from tfprune.criteria.context import model_loss
 from tfprune.curvature.losses import resolve_loss
 from tfprune.curvature.operator import FORWARD_OVER_REVERSE, HESSIANS, operator_for
-from tfprune.errors import CurvatureError, InvalidCriterionError, MissingLossError
+from tfprune.errors import CurvatureError, InvalidCriterionError
 
 HUTCHINSON = "hutchinson"
 LOWRANK = "lowrank"
@@ -166,16 +167,7 @@ class CampHiVeSaliency(Criterion):
         Raises:
             MissingLossError: no `loss` and the model has no single compiled loss.
         """
-        loss = self.loss if self.loss is not None else getattr(model, "loss", None)
-        if loss is None:
-            raise MissingLossError(
-                f"CAMP-HiVe needs the loss of model {model.name!r}: compile the model with a "
-                "loss, or pass loss= (e.g. 'sparse_categorical_crossentropy')")
-        if isinstance(loss, (dict, list, tuple)):
-            raise MissingLossError(
-                f"model {model.name!r} has several losses ({loss!r}); CAMP-HiVe takes a "
-                "single-output model and one loss: pass loss=")
-        return loss
+        return model_loss(model, self.loss, "CAMP-HiVe")
 
     def check(self, model, kernels=None) -> None:
         """Raises now what the first event would: no loss, or one the curvature cannot take.

@@ -47,8 +47,26 @@ import numpy as np
 import tensorflow as tf
 
 from tfprune.errors import (DataError, InvalidPruningArgumentError,
-                            MissingCalibrationDataError, NonFiniteError)
+                            MissingCalibrationDataError, MissingLossError, NonFiniteError)
 from tfprune.graph.paths import SEP, find_layer, find_variable
+
+
+def model_loss(model, loss, method: str):
+    """The loss whose curvature a second-order method takes: `loss`, or the model's one loss.
+
+    Raises:
+        MissingLossError: `loss` is None and the model has no compiled loss, or several.
+    """
+    loss = loss if loss is not None else getattr(model, "loss", None)
+    if loss is None:
+        raise MissingLossError(
+            f"{method} needs the loss of model {model.name!r}: compile the model with a loss, "
+            "or pass loss= (e.g. 'sparse_categorical_crossentropy')")
+    if isinstance(loss, (dict, list, tuple)):
+        raise MissingLossError(
+            f"model {model.name!r} has several losses ({loss!r}); {method} takes a "
+            "single-output model and one loss: pass loss=")
+    return loss
 
 
 def check_calibration_data(data):

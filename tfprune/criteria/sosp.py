@@ -26,11 +26,12 @@ import numpy as np
 
 from tfprune.criteria.base import CHANNEL, Criterion, channel_sum
 from tfprune.curvature.blocks import slice_entries
+from tfprune.criteria.context import model_loss
 from tfprune.curvature.losses import resolve_loss
 from tfprune.curvature.operator import (FORWARD_OVER_REVERSE, GAUSS_NEWTON, HESSIANS,
                                         operator_for)
 from tfprune.curvature.products import gauss_newton_vector_product, hessian_vector_product
-from tfprune.errors import CurvatureError, InvalidCriterionError, MissingLossError
+from tfprune.errors import CurvatureError, InvalidCriterionError
 from tfprune.graph.paths import find_variable
 
 _CACHE_KEY = "sosp_per_entry"
@@ -121,16 +122,7 @@ class SOSPSaliency(Criterion):
         self.batch_size = int(batch_size)
 
     def _loss(self, model):
-        loss = self.loss if self.loss is not None else getattr(model, "loss", None)
-        if loss is None:
-            raise MissingLossError(
-                f"SOSPSaliency needs the loss of model {model.name!r}: compile the model with a "
-                "loss, or pass loss= (e.g. 'sparse_categorical_crossentropy')")
-        if isinstance(loss, (dict, list, tuple)):
-            raise MissingLossError(
-                f"model {model.name!r} has several losses ({loss!r}); SOSP-H takes a "
-                "single-output model and one loss: pass loss=")
-        return loss
+        return model_loss(model, self.loss, "SOSP-H")
 
     @staticmethod
     def _variables(groups, variable) -> Dict[Tuple[str, str], object]:
