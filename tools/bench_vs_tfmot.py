@@ -14,12 +14,13 @@ fine-tuning budget (5 epochs of `bench_common.fine_tune`'s recipe):
 Every row, the dense one included, then goes through the same deployment path in this one
 process: `bench_common.deployment_figures` (`tfprune.export.convert`: full int8, batch 1,
 calibrated on the protocol's 200 training images, arena measured in 64-byte steps, TFLite
-Micro int8 top-1 on the 200 lossless CIFAR-10 images). Times are measured again afterwards,
-all rows interleaved round by round (`--rounds`), so that a busy period of a shared machine
-hits every row alike; ratios to dense are medians of the per-round ratios.
+Micro int8 top-1 on the 200 lossless CIFAR-10 images). Times are measured again afterwards
+in CPU time of the invoking thread (a shared machine's waits left out), all rows interleaved
+round by round (`--rounds`), so that a busy period hits every row alike; ratios to dense are
+medians of the per-round ratios.
 
 It prints a Markdown table, writes the plot (`--plot`, default `docs/img/vs_tfmot.png`:
-TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro time) and appends one
+TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time) and appends one
 row to `cache/results/vs_tfmot.json`.
 
     python tools/bench_vs_tfmot.py                 # needs the tfmot folders (or --run-tfmot)
@@ -58,8 +59,8 @@ COLUMNS = (
     ("MACs", "macs", "{:,}"),
     (".tflite bytes", "int8_bytes", "{:,}x"),
     ("arena bytes", "arena_bytes", "{:,}x"),
-    ("LiteRT REF ms", "litert_ref_int8_ms", "{:.2f}x"),
-    ("TFLM ms", "micro_ms", "{:.2f}x"),
+    ("LiteRT REF CPU ms", "litert_ref_cpu_ms", "{:.2f}x"),
+    ("TFLM CPU ms", "micro_cpu_ms", "{:.2f}x"),
 )
 
 
@@ -126,10 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tfprune", type=_parse_tfprune, action="append", metavar="LABEL=PATH",
                    help="a stripped tfprune model (repeatable; default: the quality benchmark's "
                         "CampHiVe models at 50%% and 25%% FLOPs in cache/quality/)")
-    p.add_argument("--rounds", type=int, default=5,
-                   help="interleaved timing rounds over all rows (default 5)")
-    p.add_argument("--runs", type=int, default=10, help="timed invokes per row and round")
+    p.add_argument("--rounds", type=int, default=7,
+                   help="interleaved timing rounds over all rows (default 7)")
+    p.add_argument("--runs", type=int, default=20,
+                   help="timed invokes per row and round (default 20)")
     p.add_argument("--plot", type=pathlib.Path, default=DEFAULT_PLOT, help="PNG to write")
+    p.add_argument("--results", default="vs_tfmot",
+                   help="results file stem in cache/results/ (default vs_tfmot)")
     p.add_argument("--export-dir", type=pathlib.Path, default=bc.CACHE_DIR / "export" / "vs_tfmot",
                    help="where each row's tfprune.export folder goes")
     bc.add_data_dir_argument(p)
@@ -192,16 +196,16 @@ def table(rows: Sequence[Row]) -> str:
 
 def interleaved_times(flatbuffers: Dict[str, bytes], arenas: Dict[str, int], rounds: int,
                       runs: int) -> Dict[str, Dict[str, List[float]]]:
-    """Per-round median times (ms) of every flatbuffer, rows taking turns within each round."""
+    """Per-round median CPU times (ms) of every flatbuffer, rows taking turns in each round."""
     from tfprune import export
 
-    times = {label: {"litert_ref_int8_ms": [], "micro_ms": []} for label in flatbuffers}
+    times = {label: {"litert_ref_cpu_ms": [], "micro_cpu_ms": []} for label in flatbuffers}
     for _ in range(rounds):
         for label, fb in flatbuffers.items():
-            times[label]["litert_ref_int8_ms"].append(
-                export.measure_latency(fb, "litert_ref", repeat=runs))
-            times[label]["micro_ms"].append(
-                export.measure_latency(fb, "micro", repeat=runs, arena_size=arenas[label]))
+            times[label]["litert_ref_cpu_ms"].append(
+                export.measure_latency(fb, "litert_ref", repeat=runs, clock="cpu"))
+            times[label]["micro_cpu_ms"].append(export.measure_latency(
+                fb, "micro", repeat=runs, arena_size=arenas[label], clock="cpu"))
     return times
 
 
@@ -218,7 +222,7 @@ def apply_times(rows: Sequence[Row], times: Dict[str, Dict[str, List[float]]]) -
 
 
 def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
-    """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro time."""
+    """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -227,7 +231,7 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
     style = {"dense": ("k", "s"), "tfmot": ("tab:orange", "o"), "tfprune": ("tab:blue", "^")}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, xlabel in ((axes[0], "int8_bytes", "int8 .tflite bytes (KB)"),
-                            (axes[1], "micro_ms", "TFLite Micro time per image (ms)")):
+                            (axes[1], "micro_cpu_ms", "TFLite Micro CPU time per image (ms)")):
         for r in rows:
             x, y = r.figures.get(key), r.figures.get("top1_micro_int8")
             if x is None or y is None:
@@ -293,7 +297,7 @@ def main(argv=None) -> int:
     text = table(rows)
     print(text)
     print(plot(rows, args.plot))
-    bc.append_result("vs_tfmot", {
+    bc.append_result(args.results, {
         "rows": [dataclasses.asdict(r) for r in rows], "table": text,
         "rounds": args.rounds, "runs": args.runs, "epochs": args.epochs, "seed": args.seed,
         "wall_s": round(time.perf_counter() - started, 1),

@@ -136,3 +136,16 @@ def test_inputs_are_quantized_whatever_their_type(resnet8_tflite, calibration):
     q = quantize(pixels.astype(np.uint8), tensor)
     np.testing.assert_array_equal(q.astype(np.int16), pixels.astype(np.int16) - 128)
     np.testing.assert_array_equal(quantize(q, tensor), q)       # already int8: passed through
+
+
+def test_latency_in_wall_or_cpu_time_for_every_runtime(tiny_tflite):
+    from tfprune.export import measure_latency
+
+    for runtime in ("litert", "litert_ref", "micro"):
+        for clock in ("wall", "cpu"):
+            ms = measure_latency(tiny_tflite.int8, runtime, repeat=3, clock=clock)
+            assert 0 < ms < 1000, (runtime, clock, ms)
+    with pytest.raises(InvalidExportOptionError, match="clock must be one of"):
+        measure_latency(tiny_tflite.int8, "litert", repeat=1, clock="gpu")
+    with pytest.raises(InvalidExportOptionError, match="runtime must be one of"):
+        measure_latency(tiny_tflite.int8, "tpu", repeat=1)

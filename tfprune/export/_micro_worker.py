@@ -48,7 +48,7 @@ def probe(model_path, arena):
     interpreter.print_allocations()
 
 
-def run(model_path, arena, inputs_path, outputs_path, num_outputs, batch, repeat):
+def run(model_path, arena, inputs_path, outputs_path, num_outputs, batch, repeat, clock="wall"):
     interpreter = _interpreter(model_path, arena)
     inputs = _inputs(inputs_path)
     num_outputs, batch, repeat = int(num_outputs), int(batch), int(repeat)
@@ -59,13 +59,14 @@ def run(model_path, arena, inputs_path, outputs_path, num_outputs, batch, repeat
         interpreter.invoke()
         for j in range(num_outputs):
             outputs[j].append(np.array(interpreter.get_output(j)))
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     times = []
     for _ in range(repeat):
         for k, x in enumerate(inputs):
             interpreter.set_input(x[:batch], k)
-        t0 = time.perf_counter()
+        t0 = timer()
         interpreter.invoke()
-        times.append(time.perf_counter() - t0)
+        times.append(timer() - t0)
     result = {f"out{j}": np.concatenate(o) for j, o in enumerate(outputs)}
     result["time_ms"] = np.array(1e3 * np.median(times) if times else np.nan)
     np.savez(outputs_path, **result)

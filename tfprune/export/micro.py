@@ -477,7 +477,8 @@ def arena_runs(tflite_bytes, size: int) -> bool:
         return _probe(path, int(size)).returncode == 0
 
 
-def run_micro(tflite_bytes, inputs, arena_size: Optional[int] = None, repeat: int = 0):
+def run_micro(tflite_bytes, inputs, arena_size: Optional[int] = None, repeat: int = 0,
+              clock: str = "wall"):
     """Runs samples through TFLite Micro (reference kernels), in a child process.
 
     Args:
@@ -486,6 +487,7 @@ def run_micro(tflite_bytes, inputs, arena_size: Optional[int] = None, repeat: in
             float data is quantized to an integer input's scale and zero point.
         arena_size: arena bytes (default: 16 MiB).
         repeat: after the run, time this many invokes of the first batch.
+        clock: `"wall"` (elapsed time) or `"cpu"` (CPU time of the invoking thread).
 
     Returns:
         `(outputs, median_ms)`: one array per model output (raw, e.g. int8), stacked over
@@ -505,7 +507,8 @@ def run_micro(tflite_bytes, inputs, arena_size: Optional[int] = None, repeat: in
         (tmp / "model.tflite").write_bytes(bytes(tflite_bytes))
         np.savez(tmp / "in.npz", **{f"in{k}": a for k, a in enumerate(arrays)})
         result = _worker(["run", tmp / "model.tflite", arena_size or _ARENA_FIRST_PROBE,
-                          tmp / "in.npz", tmp / "out.npz", len(fb.main.outputs), batch, repeat])
+                          tmp / "in.npz", tmp / "out.npz", len(fb.main.outputs), batch, repeat,
+                          clock])
         if result.returncode != 0:
             _raise_for_model(result, f"arena of {arena_size or _ARENA_FIRST_PROBE} bytes")
         with np.load(tmp / "out.npz") as data:

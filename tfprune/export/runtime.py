@@ -7,7 +7,9 @@ Three runtimes, named as in reports:
   for microcontroller speed;
 - `"micro"`: the TFLite Micro interpreter (reference kernels), run in a child process.
 
-Times are the median of `repeat` single invokes on one thread (BENCHMARK_PROTOCOL.md).
+Times are the median of `repeat` single invokes on one thread (BENCHMARK_PROTOCOL.md), in
+elapsed time, or with `clock="cpu"` in CPU time of the invoking thread: on a machine shared
+with other jobs, CPU time leaves out the time the thread waited for a core.
 
 Example:
 
@@ -31,12 +33,15 @@ from tfprune.export.micro import _feed, run_micro
 from tfprune.export.tflite import native_output_captured
 
 RUNTIMES = ("litert", "litert_ref", "micro")
+CLOCKS = ("wall", "cpu")
 LATENCY_RUNS = 50
 
 
-def _check_runtime(runtime: str) -> None:
+def _check_runtime(runtime: str, clock: str = "wall") -> None:
     if runtime not in RUNTIMES:
         raise InvalidExportOptionError(f"runtime must be one of {RUNTIMES}; got {runtime!r}")
+    if clock not in CLOCKS:
+        raise InvalidExportOptionError(f"clock must be one of {CLOCKS}; got {clock!r}")
 
 
 def _litert(tflite_bytes, reference: bool):
@@ -50,7 +55,8 @@ def _litert(tflite_bytes, reference: bool):
     return interpreter
 
 
-def _litert_run(interpreter, fb: TfliteModel, arrays, batch: int, n: int, repeat: int):
+def _litert_run(interpreter, fb: TfliteModel, arrays, batch: int, n: int, repeat: int,
+                clock: str):
     # LiteRT addresses tensors by their index in the first subgraph, as the flatbuffer does.
     in_index = [t.index for t in fb.main.inputs]
     out_index = [t.index for t in fb.main.outputs]
@@ -61,24 +67,26 @@ def _litert_run(interpreter, fb: TfliteModel, arrays, batch: int, n: int, repeat
         interpreter.invoke()
         for o, i in zip(outputs, out_index):
             o.append(interpreter.get_tensor(i).copy())
+    timer = time.thread_time if clock == "cpu" else time.perf_counter
     times = []
     for _ in range(repeat):
         for i, a in zip(in_index, arrays):
             interpreter.set_tensor(i, a[:batch])
-        t0 = time.perf_counter()
+        t0 = timer()
         interpreter.invoke()
-        times.append(time.perf_counter() - t0)
+        times.append(timer() - t0)
     median = 1e3 * float(np.median(times)) if times else float("nan")
     return [np.concatenate(o)[:n] for o in outputs], median
 
 
 def run_tflite_timed(tflite_bytes, inputs, runtime: str = "litert", repeat: int = 0,
-                     arena_size: Optional[int] = None):
+                     arena_size: Optional[int] = None, clock: str = "wall"):
     """`run_tflite` that also times `repeat` invokes of the first batch.
 
     Args:
         tflite_bytes, inputs, runtime, arena_size: as for `run_tflite`.
         repeat: timed invokes after the run (0: no timing).
+        clock: `"wall"` or `"cpu"` (CPU time of the invoking thread).
 
     Returns:
         `(outputs, median_ms)`; `median_ms` is NaN when `repeat` is 0.
@@ -89,13 +97,13 @@ def run_tflite_timed(tflite_bytes, inputs, runtime: str = "litert", repeat: int 
     (y,), ms = run_tflite_timed(int8_tflite, x, "litert_ref", repeat=50)
     ```
     """
-    _check_runtime(runtime)
+    _check_runtime(runtime, clock)
     if runtime == "micro":
-        return run_micro(tflite_bytes, inputs, arena_size=arena_size, repeat=repeat)
+        return run_micro(tflite_bytes, inputs, arena_size=arena_size, repeat=repeat, clock=clock)
     fb = TfliteModel(tflite_bytes)
     arrays, n, batch = _feed(fb, inputs)
     interpreter = _litert(tflite_bytes, reference=runtime == "litert_ref")
-    return _litert_run(interpreter, fb, arrays, batch, n, repeat)
+    return _litert_run(interpreter, fb, arrays, batch, n, repeat, clock)
 
 
 def run_tflite(tflite_bytes, inputs, runtime: str = "litert",
@@ -124,7 +132,7 @@ def run_tflite(tflite_bytes, inputs, runtime: str = "litert",
 
 
 def measure_latency(tflite_bytes, runtime: str = "litert", repeat: int = LATENCY_RUNS,
-                    inputs=None, arena_size: Optional[int] = None) -> float:
+                    inputs=None, arena_size: Optional[int] = None, clock: str = "wall") -> float:
     """Median time of `repeat` single invokes on one thread, in milliseconds.
 
     Args:
@@ -133,6 +141,8 @@ def measure_latency(tflite_bytes, runtime: str = "litert", repeat: int = LATENCY
         repeat: number of timed invokes (50 in the benchmark protocol).
         inputs: one batch to feed (default: zeros, which take as long for these kernels).
         arena_size: TFLite Micro arena bytes (`"micro"` only).
+        clock: `"wall"` (elapsed) or `"cpu"` (CPU time of the invoking thread, steadier
+            on a shared machine).
 
     Returns:
         Milliseconds.
@@ -141,6 +151,7 @@ def measure_latency(tflite_bytes, runtime: str = "litert", repeat: int = LATENCY
 
     ```python
     measure_latency(tflite_bytes, "micro"), measure_latency(tflite_bytes, "litert_ref")
+    measure_latency(tflite_bytes, "litert_ref", clock="cpu")
     ```
     """
     if not isinstance(repeat, int) or repeat < 1:
@@ -148,4 +159,5 @@ def measure_latency(tflite_bytes, runtime: str = "litert", repeat: int = LATENCY
     if inputs is None:
         fb = TfliteModel(tflite_bytes)
         inputs = [np.zeros(t.shape, np.float32) for t in fb.main.inputs]
-    return run_tflite_timed(tflite_bytes, inputs, runtime, repeat=repeat, arena_size=arena_size)[1]
+    return run_tflite_timed(tflite_bytes, inputs, runtime, repeat=repeat, arena_size=arena_size,
+                            clock=clock)[1]
