@@ -59,11 +59,14 @@ import bench_common as bc  # noqa: E402
 import tfprune  # noqa: E402
 from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 
-CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random")
+# "l1" ranks every channel of the network on one scale (global), "l1_uniform" removes the same
+# fraction of every group (Li et al. 2017's setting): the two usual L1 baselines.
+CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
 REFERENCE_METHODS = ("dense", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
-LABELS = {"l1": "L1 magnitude", "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
+LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
+          "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
           "magnitude": "global magnitude", "dense": "dense", "narrow": "narrow from scratch"}
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
@@ -207,6 +210,9 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     target = tfprune.Target(flops=spec.target)
     if spec.method in ("l1", "random"):
         return tfprune.MagnitudePruning(target, gradual, spec.method, verbose=0, **common)
+    if spec.method == "l1_uniform":
+        return tfprune.MagnitudePruning(target, gradual, "l1", allocation="uniform", verbose=0,
+                                        **common)
     if spec.method == "taylor":
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
                                         verbose=0, **common)
@@ -344,11 +350,72 @@ def _config(pruning) -> dict:
     return json.loads(json.dumps(config, default=repr))
 
 
+# --- side-by-side latency -------------------------------------------------------------------
+
+
+def measure_latencies(flatbuffers: Dict[str, pathlib.Path], reference: str, rounds: int = 5,
+                      repeat: int = 20, log=sys.stdout) -> Dict[str, dict]:
+    """TFLite Micro time of int8 flatbuffers measured side by side, with ratios to `reference`.
+
+    The time of a run's row was measured when its run ended, under whatever load the shared
+    machine had then; ratios between rows measured minutes apart are not reliable. Here every
+    flatbuffer is timed in each of `rounds` rounds (median of `repeat` invokes, at its measured
+    arena), one after the other, and each ratio is the median over rounds of its time over
+    `reference`'s time in the same round.
+
+    Args:
+        flatbuffers: name -> path of an int8 `.tflite` file.
+        reference: the name the ratios divide by.
+        rounds: interleaved rounds.
+        repeat: invokes per measurement.
+        log: where progress lines go.
+
+    Returns:
+        name -> `{"micro_ms": median ms, "ratio": median ratio, "rounds_ms": [...]}`.
+
+    Example:
+
+    ```python
+    measure_latencies({"dense": dense_tflite, "small": small_tflite}, "dense")
+    ```
+    """
+    from tfprune import export
+
+    if reference not in flatbuffers:
+        raise DataError(f"reference {reference!r} is not among the flatbuffers "
+                        f"({', '.join(flatbuffers)})")
+    models = {name: pathlib.Path(path).read_bytes() for name, path in flatbuffers.items()}
+    arenas = {name: export.measure_arena(b).bytes for name, b in models.items()}
+    times = {name: [] for name in models}
+    for r in range(rounds):
+        for name, b in models.items():
+            times[name].append(export.measure_latency(b, "micro", repeat=repeat,
+                                                      arena_size=arenas[name]))
+        print(f"latency round {r + 1}/{rounds}", file=log, flush=True)
+    ref = times[reference]
+    return {name: {"micro_ms": round(float(np.median(t)), 3),
+                   "ratio": round(float(np.median(np.divide(t, ref))), 4),
+                   "rounds_ms": [round(v, 3) for v in t], "arena_bytes": arenas[name]}
+            for name, t in times.items()}
+
+
+def latency_flatbuffers(rows: Sequence[dict]) -> Dict[str, pathlib.Path]:
+    """The int8 flatbuffers of `rows` (by run) and of the tfmot baselines in `cache/tfmot/`."""
+    found = {}
+    for r in rows:
+        folder = (r.get("deployment") or {}).get("export_dir")
+        if folder and (pathlib.Path(folder) / "model_int8.tflite").is_file():
+            found[r["run"]] = pathlib.Path(folder) / "model_int8.tflite"
+    for path in sorted((bc.CACHE_DIR / "tfmot").glob("*/model_int8.tflite")):
+        found[f"tfmot_{path.parent.name}"] = path
+    return found
+
+
 # --- report --------------------------------------------------------------------------------
 
 
 def _pct(value, dense) -> str:
-    return "" if value is None or not dense else f"{100.0 * value / dense:.0f}%"
+    return "" if value is None or not dense else f" ({100.0 * value / dense:.0f}%)"
 
 
 def _fmt(value, digits=2) -> str:
@@ -357,8 +424,12 @@ def _fmt(value, digits=2) -> str:
     return f"{value:,.{digits}f}" if isinstance(value, float) else f"{value:,}"
 
 
-def report_table(rows: Sequence[dict]) -> str:
-    """The markdown table of `rows` (dense first), with ratios to the dense row's figures."""
+def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None) -> str:
+    """The markdown table of `rows`, with ratios to the dense row's figures.
+
+    With `latency` (from `measure_latencies`), the TFLite Micro column shows those
+    side-by-side times and ratios instead of the times measured at the end of each run.
+    """
     dense = next((r for r in rows if r["method"] == "dense"), None)
     dd = (dense or {}).get("deployment", {})
     head = ("| run | target | FLOPs kept | float top-1 | TFLM int8 top-1 (200) | params | MACs | "
@@ -372,16 +443,33 @@ def report_table(rows: Sequence[dict]) -> str:
         lines.append(
             f"| {LABELS[r['method']]} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
             f"{r['top1']:.2f} | {_fmt(d.get('top1_micro_int8'), 1)} | {r['params']:,} | "
-            f"{r['macs'] / 1e6:.2f} M | {_fmt(d.get('int8_bytes'))} ({_pct(d.get('int8_bytes'), dd.get('int8_bytes'))}) | "
-            f"{_fmt(d.get('arena_bytes'))} ({_pct(d.get('arena_bytes'), dd.get('arena_bytes'))}) | "
-            f"{_fmt(d.get('micro_ms'))} ({_pct(d.get('micro_ms'), dd.get('micro_ms'))}) | "
+            f"{r['macs'] / 1e6:.2f} M | {_fmt(d.get('int8_bytes'))}{_pct(d.get('int8_bytes'), dd.get('int8_bytes'))} | "
+            f"{_fmt(d.get('arena_bytes'))}{_pct(d.get('arena_bytes'), dd.get('arena_bytes'))} | "
+            f"{_micro(r, d, dd, latency)} | "
             f"{_fmt(r.get('prune_epoch_cpu_s'), 0)} | {_fmt(r.get('run_cpu_s'), 0)} |")
     return "\n".join(lines)
+
+
+def _micro(row, d, dd, latency) -> str:
+    if latency and row["run"] in latency:
+        found = latency[row["run"]]
+        return f"{found['micro_ms']:.2f} ({100 * found['ratio']:.0f}%)"
+    return f"{_fmt(d.get('micro_ms'))}{_pct(d.get('micro_ms'), dd.get('micro_ms'))}"
 
 
 def _latest(rows: Sequence[dict]) -> List[dict]:
     """The last row of each run."""
     return list({r["run"]: r for r in rows if "run" in r}.values())
+
+
+def tfmot_references() -> List[dict]:
+    """tfmot `prune_low_magnitude` runs of `cache/tfmot/` (same protocol, this machine)."""
+    found = []
+    for path in sorted((bc.CACHE_DIR / "tfmot").glob("*/result.json")):
+        r = json.loads(path.read_text())
+        found.append({"label": f"tfmot {r['sparsity_target']:.0%} sparsity +{r['epochs']} ep",
+                      "flops_fraction": 1.0, "top1": r["top1"]})
+    return found
 
 
 def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
@@ -390,7 +478,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"l1": "o", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s", "taylor": "^",
+    markers = {"l1": "o", "l1_uniform": "h", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s",
+               "taylor": "^",
                "random": "v", "dense": "P", "narrow": "X"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, marker in markers.items():
@@ -399,11 +488,15 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
         if pts:
             ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
                     linestyle="-" if len(pts) > 1 else "none", label=LABELS[method])
-    for ref in PROTOCOL_REFERENCE:
-        ax.plot(ref["flops_fraction"], ref["top1"], marker="o", markersize=8, mfc="none",
-                color="gray", linestyle="none")
+    references = list(PROTOCOL_REFERENCE) + tfmot_references()
+    for ref in references:
+        mine = "protocol" not in ref["label"]
+        ax.plot(ref["flops_fraction"], ref["top1"], marker="s" if mine else "o", markersize=7,
+                mfc="gray" if mine else "none", color="gray", linestyle="none")
+        right = ref["flops_fraction"] > 0.6
         ax.annotate(ref["label"], (ref["flops_fraction"], ref["top1"]), fontsize=7,
-                    color="gray", xytext=(-4, 4), textcoords="offset points", ha="right")
+                    color="gray", xytext=(-6 if right else 6, -3), textcoords="offset points",
+                    ha="right" if right else "left")
     ax.set_xlabel("FLOPs kept (fraction of the dense ResNet-8)")
     ax.set_ylabel("float top-1 on the 10k CIFAR-10 test images (%)")
     ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (seed 0)")
@@ -482,15 +575,28 @@ def main(argv=None):
     parser.add_argument("--results", default="quality", help="results file stem")
     parser.add_argument("--no-deploy", action="store_true")
     parser.add_argument("--report", action="store_true", help="print the table, write the plots")
+    parser.add_argument("--latency", type=int, default=0, metavar="ROUNDS",
+                        help="time every recorded int8 model (and tfmot's) side by side in "
+                             "TFLite Micro, ROUNDS interleaved rounds, before --report")
     args = parser.parse_args(argv)
     if args.plan and any(p not in PLANS for p in args.plan.split(",")):
         raise InvalidPruningArgumentError(f"--plan {args.plan}: accepted are {', '.join(PLANS)}")
 
-    if args.report:
+    if args.report or args.latency:
         path = bc.CACHE_DIR / "results" / f"{args.results}.json"
         rows = _latest(json.loads(path.read_text()))
-        print(report_table(rows))
-        img = bc.ROOT / "docs" / "img"
+        latency_path = path.with_name(f"{args.results}_latency.json")
+        if args.latency:
+            dense = next(r["run"] for r in rows if r["method"] == "dense")
+            found = measure_latencies(latency_flatbuffers(rows), dense, rounds=args.latency)
+            bc.append_result(latency_path.stem, {"reference": dense, "models": found,
+                                                 "machine": bc.machine_info()})
+        latency = json.loads(latency_path.read_text())[-1]["models"] \
+            if latency_path.is_file() else None
+        if latency:
+            print(json.dumps({k: (v["micro_ms"], v["ratio"]) for k, v in latency.items()}))
+        print(report_table(rows, latency))
+        img = bc.ROOT / "docs" / "img" if args.results == "quality" else model_dir(args.results)
         print(plot_accuracy_flops(rows, img / "quality_accuracy_flops.png"))
         print(plot_kept_channels(rows, img / "quality_kept_channels.png"))
         return rows
