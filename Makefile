@@ -9,7 +9,7 @@ export TF_CPP_MIN_LOG_LEVEL ?= 2
 export PYTHONUNBUFFERED := 1
 PYTEST_WORKERS ?= 2
 
-.PHONY: demo test test-slow install bench clean
+.PHONY: demo test test-slow install bench clean api-docs
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,8 +19,13 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# Train, prune with CAMP-HiVe during fit, strip, deploy to TFLite Micro; table + plot in out/demo/.
 demo: $(STAMP)
 	$(PY) examples/demo.py $(DEMO_ARGS)
+
+# docs/api.md from the docstrings (tests/test_docs.py fails when it is stale).
+api-docs: $(STAMP)
+	$(PY) tools/gen_api_docs.py
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n $(PYTEST_WORKERS) --dist loadfile -q $(PYTEST_ARGS)

@@ -115,7 +115,7 @@ def load(args):
 def build_model(dataset: str) -> keras.Model:
     """The dense model: a small CNN for the digits, the MLPerf Tiny ResNet-8 for CIFAR-10."""
     if dataset == "digits":
-        return tfprune.zoo.small_cnn(input_shape=(8, 8, 1), num_classes=10, widths=(16, 32),
+        return tfprune.zoo.small_cnn(input_shape=(8, 8, 1), num_classes=10, widths=(32, 64),
                                      dense=64, scale=1.0 / 16, name="digits_cnn")
     return tfprune.zoo.resnet8(softmax=False)
 
