@@ -62,12 +62,12 @@ def test_json_output(files, tmp_path, capsys):
     model, data = files
     rc = main(["convert", str(model), "--calibration", str(data), "--out", str(tmp_path / "o"),
                "--no-int8", "--samples", "4", "--latency-runs", "1", "--json",
-               "--dense-as-conv"])
+               "--dense-as-conv", "--latency-clock", "cpu"])
     assert rc == 0
     report = json.loads(capsys.readouterr().out)
     assert report["generator"] == "tfprune" and report["tflite"]["int8_bytes"] is None
     assert report["verification"]["samples"] == 4
-    assert report["tflite"]["dense_as_conv"] is True
+    assert report["tflite"]["dense_as_conv"] is True and report["latency_ms"]["clock"] == "cpu"
     assert "FULLY_CONNECTED" not in report["tflite"]["ops"] and "CONV_2D" in report["tflite"]["ops"]
 
 

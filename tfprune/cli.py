@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--latency-runs", type=_positive, default=50,
                    help="timed invokes per runtime; the median is reported (default 50)")
     c.add_argument("--seed", type=int, default=0, help="seed of the sample subsets")
+    c.add_argument("--latency-clock", choices=("wall", "cpu"), default="wall",
+                   help="time invokes in elapsed (wall, default) or thread CPU time (cpu: "
+                        "steadier on a shared machine)")
     c.add_argument("--dense-as-conv", action="store_true",
                    help="convert Dense layers as 1x1 CONV_2D: TFLite Micro bit exact with "
                         "LiteRT's reference kernels end to end (one RESHAPE more)")
@@ -113,7 +116,7 @@ def _convert(args) -> None:
                      baseline=args.baseline, max_arena=args.max_arena, max_flash=args.max_flash,
                      samples=args.samples, eval_samples=args.eval_samples,
                      strip=not args.no_strip, latency_runs=args.latency_runs, seed=args.seed,
-                     dense_as_conv=args.dense_as_conv)
+                     dense_as_conv=args.dense_as_conv, latency_clock=args.latency_clock)
     if args.json:
         print(report.to_json(), end="")
     else:

@@ -234,6 +234,8 @@ def test_bad_options(saved_tiny, tmp_path):
         convert(saved_tiny, tmp_path / "out", calibration=x, max_arena=0)
     with pytest.raises(InvalidExportOptionError, match="dense_as_conv must be True or False"):
         convert(saved_tiny, tmp_path / "out", calibration=x, dense_as_conv=1)
+    with pytest.raises(InvalidExportOptionError, match="latency_clock must be one of"):
+        convert(saved_tiny, tmp_path / "out", calibration=x, latency_clock="gpu")
     with pytest.raises(DataError, match="has no labels"):
         convert(saved_tiny, tmp_path / "out", calibration=x, eval_data=x)
     _nothing_left(tmp_path / "out")

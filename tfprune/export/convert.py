@@ -40,7 +40,7 @@ from tfprune.export.data import load_data
 from tfprune.export.edgetpu import edgetpu_check
 from tfprune.export.flatbuffer import TfliteModel, dequantize
 from tfprune.export.report import GENERATOR, Report, ratios
-from tfprune.export.runtime import LATENCY_RUNS, measure_latency, run_tflite
+from tfprune.export.runtime import CLOCKS, LATENCY_RUNS, measure_latency, run_tflite
 from tfprune.export.verify import verify_micro
 from tfprune.export.tflite import native_output_captured, require_inputs, tflite_variants
 
@@ -337,15 +337,17 @@ class _Measurement:
         self.sections["accuracy"] = acc
 
     def _latency(self, float_fb, int8_fb, deploy, arena) -> None:
-        runs = self.options["latency_runs"]
-        lat = {"runs": runs, "threads": 1}
+        runs, clock = self.options["latency_runs"], self.options["latency_clock"]
+        lat = {"runs": runs, "threads": 1, "clock": clock}
         for kind, flatbuffer in (("float", float_fb), ("int8", int8_fb)):
             if flatbuffer is None:
                 continue
             for runtime in ("litert", "litert_ref"):
-                lat[f"{runtime}_{kind}"] = measure_latency(flatbuffer, runtime, repeat=runs)
+                lat[f"{runtime}_{kind}"] = measure_latency(flatbuffer, runtime, repeat=runs,
+                                                           clock=clock)
         if arena is not None:
-            lat["micro"] = measure_latency(deploy, "micro", repeat=runs, arena_size=arena.bytes)
+            lat["micro"] = measure_latency(deploy, "micro", repeat=runs, arena_size=arena.bytes,
+                                           clock=clock)
         self.sections["latency_ms"] = lat
 
 
@@ -394,7 +396,7 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
             max_arena: Optional[int] = None, max_flash: Optional[int] = None,
             samples: int = DEFAULT_SAMPLES, eval_samples: Optional[int] = None,
             strip: bool = True, latency_runs: int = LATENCY_RUNS, seed: int = 0,
-            dense_as_conv: bool = False) -> Report:
+            dense_as_conv: bool = False, latency_clock: str = "wall") -> Report:
     """Strips a model, converts it, measures it, and writes a deployable folder.
 
     Writes into `out_dir`: `model.keras` (the stripped model), `model_float.tflite`,
@@ -418,6 +420,8 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
         eval_samples: evaluation samples used (default: all).
         strip: strip pruning wrappers and zeroed channels first.
         latency_runs: timed invokes per runtime (median reported).
+        latency_clock: `"wall"` (elapsed time, the benchmark protocol's) or `"cpu"` (CPU
+            time of the invoking thread, steadier on a machine shared with other jobs).
         seed: seed of the sample subsets.
         dense_as_conv: convert `Dense` layers on 2-D inputs as 1x1 `CONV_2D` (`to_tflite`):
             TFLite Micro then matches LiteRT's reference kernels bit for bit end to end.
@@ -455,9 +459,12 @@ def convert(model, out_dir, calibration=None, *, eval_data=None, name: str = "mo
             "(tflite-micro wheels exist for Linux x86-64, CPython 3.10-3.13)")
     if not isinstance(dense_as_conv, bool):
         raise InvalidExportOptionError(f"dense_as_conv must be True or False; got {dense_as_conv!r}")
+    if latency_clock not in CLOCKS:
+        raise InvalidExportOptionError(
+            f"latency_clock must be one of {CLOCKS}; got {latency_clock!r}")
     options = {"name": name, "int8": int8, "batch_size": batch_size, "max_arena": max_arena,
                "max_flash": max_flash, "latency_runs": latency_runs,
-               "dense_as_conv": dense_as_conv}
+               "dense_as_conv": dense_as_conv, "latency_clock": latency_clock}
     staging = _Staging(out_dir)
     try:
         t0 = time.perf_counter()
