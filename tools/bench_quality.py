@@ -114,6 +114,7 @@ class RunSpec:
     target: float = 0.25
     epochs: int = DEFAULT_EPOCHS
     seed: int = 0
+    min_density: float = 0.0
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -134,6 +135,9 @@ class RunSpec:
                 "(0, 1) (weight)")
         if self.method == "dense" and self.target != 1:
             raise InvalidPruningArgumentError(f"method 'dense' has target 1.0; got {self.target}")
+        if isinstance(self.min_density, bool) or not isinstance(self.min_density, (int, float)) \
+                or not 0 <= self.min_density < 1:
+            raise InvalidPruningArgumentError(f"min_density={self.min_density!r}: a number in [0, 1)")
         for field, low in (("epochs", 1), ("seed", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -144,7 +148,9 @@ class RunSpec:
         if self.method == "dense":
             return f"dense_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
-        return f"{self.method}_{self.granularity}_{kind}{self.target:g}_e{self.epochs}_s{self.seed}"
+        floor = f"_md{self.min_density:g}" if self.min_density else ""
+        return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
+                f"_s{self.seed}")
 
 
 @keras.saving.register_keras_serializable(package="bench_quality")
@@ -200,7 +206,8 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
                                       frequency=max(1, steps // 3))
     cal = calibration[0][:CALIBRATION_IMAGES.get(spec.method, 0)], \
         calibration[1][:CALIBRATION_IMAGES.get(spec.method, 0)]
-    common = {"granularity": spec.granularity, "seed": spec.seed}
+    common = {"granularity": spec.granularity, "seed": spec.seed,
+              "min_density": spec.min_density}
     if spec.granularity == "weight":
         target = tfprune.Target(sparsity=spec.target)
         if spec.method == "magnitude":
@@ -219,7 +226,8 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "camp_hive":
         return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common)
     if spec.method == "sosp_h":
-        return tfprune.SOSPH(target, calibration_data=cal, verbose=1, seed=spec.seed)
+        return tfprune.SOSPH(target, calibration_data=cal, verbose=1, seed=spec.seed,
+                             min_density=spec.min_density)
     return tfprune.RDPrune(target, cal, verbose=1, **common)
 
 
@@ -549,14 +557,14 @@ def _save_figure(fig, path) -> pathlib.Path:
 def specs_from_args(args) -> List[RunSpec]:
     """The runs the command line asks for, in order."""
     if args.plan:
-        return [RunSpec(m, g, t, args.epochs if m != "dense" else 1, args.seed)
+        return [RunSpec(m, g, t, args.epochs if m != "dense" else 1, args.seed, args.min_density)
                 for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
     methods = [m for m in args.method.split(",") if m]
     if args.sparsity is not None:
-        return [RunSpec(m, "weight", s, args.epochs, args.seed)
+        return [RunSpec(m, "weight", s, args.epochs, args.seed, args.min_density)
                 for s in args.sparsity for m in methods]
     return [RunSpec(m, "channel", 1.0 if m == "dense" else f,
-                    1 if m == "dense" else args.epochs, args.seed)
+                    1 if m == "dense" else args.epochs, args.seed, args.min_density)
             for f in args.flops for m in methods]
 
 
@@ -570,6 +578,8 @@ def main(argv=None):
                         help="weight granularity at these sparsities instead of --flops")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--min-density", type=float, default=0.0,
+                        help="fraction of every group's channels (kernel's weights) kept")
     parser.add_argument("--images", type=int, default=None,
                         help="train on this many training images (a seeded subset; dry runs)")
     parser.add_argument("--results", default="quality", help="results file stem")

@@ -35,6 +35,7 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "l1", "target": 1.5}, "FLOPs fraction"),
     ({"method": "rd_prune", "granularity": "weight", "target": 1.0}, "sparsity"),
     ({"method": "l1", "epochs": 0}, "epochs"),
+    ({"method": "camp_hive", "min_density": 1.0}, "min_density"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -46,7 +47,9 @@ def test_plans_cover_every_method_of_the_issue():
     for method in ("l1", "taylor", "random", "camp_hive", "sosp_h", "rd_prune"):
         assert (method, "channel", 0.25) in runs and (method, "channel", 0.5) in runs
     assert {("rd_prune", "weight", 0.9), ("magnitude", "weight", 0.9)} <= runs
-    assert bq.RunSpec("camp_hive", target=0.5).name != bq.RunSpec("camp_hive").name
+    names = {bq.RunSpec("camp_hive", target=0.5).name, bq.RunSpec("camp_hive").name,
+             bq.RunSpec("camp_hive", min_density=0.25).name}
+    assert len(names) == 3
 
 
 def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):
