@@ -100,6 +100,9 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, request):
         (tmp_path / "shared").mkdir()
         (tmp_path / "shared" / "data").symlink_to(shared, target_is_directory=True)
     monkeypatch.chdir(work)
+    import keras
+
+    keras.backend.clear_session()      # layer names (conv2d_1, ...) as in a fresh process
     namespace = {"__name__": f"docs_{re.sub(r'[^a-z0-9]', '_', page.lower())}"}
     for language, code, line, skip in code_blocks(text):
         if language != PYTHON:

@@ -103,10 +103,26 @@ def _signature(qualified: str, value) -> str:
 
 def render_docstring(doc: str) -> str:
     """Markdown of a Google-style docstring: sections as bold titles and bullet lists."""
-    out, section, fence = [], None, False
+    out, section, fence, entry = [], None, False, []
+
+    def flush():
+        if not entry:
+            return
+        text = " ".join(entry)
+        item = _ITEM.match(text)
+        if section in ("Args", "Arguments", "Attributes", "Raises") and item:
+            name, kind, rest = item.groups()
+            out.append(f"- `{name}`{kind or ''}: {rest}")
+        elif section in ("Args", "Arguments", "Attributes", "Raises"):
+            out.append(f"- {text}")
+        else:
+            out.append(text)
+        entry.clear()
+
     for line in doc.splitlines():
         stripped = line.strip()
         if stripped.startswith("```"):
+            flush()
             fence = not fence
             section = None
             out.append(line if stripped != "```" or not fence else line + "text")
@@ -115,33 +131,24 @@ def render_docstring(doc: str) -> str:
             out.append(line)
             continue
         m = _SECTION.match(line)
-        if m:
-            section = m.group(1)
-            out += ["", f"**{section}:**", ""]
-            continue
-        if line.startswith(("Example:", "Examples:")) and not line[len("Example:"):].strip(" s:"):
-            section = None
+        if m or line.rstrip() in ("Example:", "Examples:"):
+            flush()
+            section = m.group(1) if m else None
             out += ["", f"**{line.strip()}**", ""]
             continue
-        if section and line.startswith("    ") and not line.startswith("        "):
-            item = _ITEM.match(stripped)
-            if section in ("Args", "Arguments", "Attributes", "Raises") and item:
-                name, kind, text = item.groups()
-                out.append(f"- `{name}`{kind or ''}: {text}")
-            elif out and out[-1].startswith("- ") and section not in ("Returns", "Yields"):
-                out[-1] += " " + stripped
-            else:
-                out.append(stripped)
+        if section and line.startswith("    "):
+            # A new entry starts at the first indentation level with `name: text`, unless the
+            # entry before it has not reached its own `name:` yet (names over several lines).
+            if not line.startswith("        ") and _ITEM.match(stripped) \
+                    and _ITEM.match(" ".join(entry) or "x: x"):
+                flush()
+            entry.append(stripped)
             continue
-        if section and line.startswith("        "):
-            if out and out[-1] and not out[-1].startswith("**"):
-                out[-1] += " " + stripped
-            else:
-                out.append(stripped)
-            continue
+        flush()
         if section and stripped:
             section = None
         out.append(line)
+    flush()
     return "\n".join(out).strip() + "\n"
 
 
