@@ -3,7 +3,7 @@
 ```
 python tools/strip_and_convert.py MODEL.keras --calibration DATA --out DIR [--eval DATA]
     [--name N] [--no-int8] [--batch-size 1] [--baseline DENSE.keras] [--max-arena BYTES]
-    [--max-flash BYTES] [--samples N]
+    [--max-flash BYTES] [--samples N] [--dense-as-conv] [--latency-clock {wall,cpu}]
 ```
 
 Writes the stripped `model.keras`, `model_float.tflite`, `model_int8.tflite`, TFLite Micro
