@@ -19,11 +19,12 @@ What runs here, in Keras 3, on scikit-learn's 8x8 digits, from the same trained 
    wrapper and no `UpdatePruningStep`. `tfprune.strip` warns that the zeros stay: the int8
    `.tflite` is as large as the dense one.
 2. `tfprune.MagnitudePruning(Target(flops=0.25))`: channels removed instead; `tfprune.strip`
-   gives a model with a quarter of the FLOPs and a `.tflite` a fraction of the size.
+   gives a model with a quarter of the FLOPs and a smaller `.tflite`.
 
 The table shows params, FLOPs, int8 `.tflite` bytes and test accuracy of all three.
 
-Runtime: about 1 minute on 2 CPU cores; `--epochs 1 --prune-epochs 2` about 20 seconds.
+Runtime: about 1 minute on 2 CPU cores (45 s of CPU); `--epochs 1 --prune-epochs 2` about
+20 seconds.
 
     python examples/migrate_from_tfmot.py
 """

@@ -7,7 +7,8 @@ Rules for code blocks in Markdown (what this test enforces):
   what an earlier block of the same page defined. A page that mentions `../shared/data` runs
   with that path pointing at the real shared data (and needs the `shared_data` fixture).
   A python block that cannot run here (tfmot code, which needs legacy Keras) is preceded by
-  `<!-- docs-test: skip REASON -->`: it is compiled, not run.
+  `<!-- docs-test: skip REASON -->`: it is compiled, not run. A page with a block preceded
+  by `<!-- docs-test: slow REASON -->` runs only with the slow tests (`make test-slow`).
 - ```` ```bash ```` / `sh` / `shell` / `console` blocks are checked without running heavy
   work: `python tools/X.py`, `python examples/X.py` name an existing script and pass only
   flags that its `--help` lists; `tfprune SUB` is a subcommand of the `tfprune` command with
@@ -40,12 +41,15 @@ GENERATED = {"docs/api.md"}
 PAGES = sorted(["README.md"] + [str(p.relative_to(ROOT)) for p in (ROOT / "docs").rglob("*.md")
                                 if str(p.relative_to(ROOT)) not in GENERATED])
 PYTHON, SHELL, OUTPUT = "python", ("bash", "sh", "shell", "console"), ("text", "json", "c", "cpp")
-SKIP = re.compile(r"<!--\s*docs-test:\s*skip\s+(\S.*?)\s*-->")
+MARK = re.compile(r"<!--\s*docs-test:\s*(skip|slow)\s+(\S.*?)\s*-->")
 COMMAND = re.compile(r"^\s*(\$ )?(python3?|\.venv/bin/python|make|tfprune)\s")
 
 
 def code_blocks(text: str):
-    """`[(language, code, line, skip reason or None)]` of the fenced blocks of a page."""
+    """`[(language, code, line, mark)]` of the fenced blocks of a page.
+
+    `mark` is `("skip" or "slow", reason)` from a `docs-test` comment just above, or None.
+    """
     blocks, lines, i = [], text.splitlines(), 0
     while i < len(lines):
         m = re.match(r"^(\s*)```(.*)$", lines[i])
@@ -59,8 +63,8 @@ def code_blocks(text: str):
             body.append(lines[i][indent:])
             i += 1
         previous = next((l for l in reversed(lines[:start - 1]) if l.strip()), "")
-        skip = SKIP.search(previous)
-        blocks.append((language, "\n".join(body) + "\n", start, skip.group(1) if skip else None))
+        mark = MARK.search(previous)
+        blocks.append((language, "\n".join(body) + "\n", start, mark.groups() if mark else None))
         i += 1
     return blocks
 
@@ -87,7 +91,13 @@ def test_blocks_are_labelled(page):
 
 
 def _python_pages():
-    return [p for p in PAGES if any(b[0] == PYTHON for b in code_blocks(_page(p)))]
+    pages = []
+    for page in PAGES:
+        blocks = code_blocks(_page(page))
+        if any(b[0] == PYTHON for b in blocks):
+            slow = any(b[3] and b[3][0] == "slow" for b in blocks)
+            pages.append(pytest.param(page, marks=[pytest.mark.slow] if slow else []))
+    return pages
 
 
 @pytest.mark.parametrize("page", _python_pages())
@@ -104,11 +114,11 @@ def test_python_blocks_run(page, tmp_path, monkeypatch, request):
 
     keras.backend.clear_session()      # layer names (conv2d_1, ...) as in a fresh process
     namespace = {"__name__": f"docs_{re.sub(r'[^a-z0-9]', '_', page.lower())}"}
-    for language, code, line, skip in code_blocks(text):
+    for language, code, line, mark in code_blocks(text):
         if language != PYTHON:
             continue
         compiled = compile(code, f"{page}:{line}", "exec")
-        if skip is None:
+        if mark is None or mark[0] != "skip":
             exec(compiled, namespace)  # noqa: S102 - the documentation's own examples
 
 
