@@ -24,6 +24,7 @@ TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time)
 row to `cache/results/vs_tfmot.json`.
 
     python tools/bench_vs_tfmot.py                 # needs the tfmot folders (or --run-tfmot)
+    python tools/bench_vs_tfmot.py --report        # table and plot of the last run again
     python tools/bench_vs_tfmot.py --run-tfmot --sparsity 0.5 0.75 \\
         --tfprune "CampHiVe 50% FLOPs=cache/quality/camp_hive_channel_flops0.5_e5_s0.keras" \\
         --tfprune "CampHiVe 25% FLOPs=cache/quality/camp_hive_channel_flops0.25_e5_s0.keras"
@@ -132,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", type=int, default=20,
                    help="timed invokes per row and round (default 20)")
     p.add_argument("--plot", type=pathlib.Path, default=DEFAULT_PLOT, help="PNG to write")
+    p.add_argument("--report", action="store_true",
+                   help="print the table and redraw the plot of the last recorded run only")
     p.add_argument("--results", default="vs_tfmot",
                    help="results file stem in cache/results/ (default vs_tfmot)")
     p.add_argument("--export-dir", type=pathlib.Path, default=bc.CACHE_DIR / "export" / "vs_tfmot",
@@ -222,7 +225,8 @@ def apply_times(rows: Sequence[Row], times: Dict[str, Dict[str, List[float]]]) -
 
 
 def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
-    """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time."""
+    """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time
+    relative to dense (the median of the per-round ratios; dense at 1)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -231,9 +235,10 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
     style = {"dense": ("k", "s"), "tfmot": ("tab:orange", "o"), "tfprune": ("tab:blue", "^")}
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     for ax, key, xlabel in ((axes[0], "int8_bytes", "int8 .tflite bytes (KB)"),
-                            (axes[1], "micro_cpu_ms", "TFLite Micro CPU time per image (ms)")):
+                            (axes[1], "micro_cpu_ms_ratio", "TFLite Micro CPU time, x dense")):
         for r in rows:
-            x, y = r.figures.get(key), r.figures.get("top1_micro_int8")
+            x = 1.0 if r.kind == "dense" and key.endswith("_ratio") else r.figures.get(key)
+            y = r.figures.get("top1_micro_int8")
             if x is None or y is None:
                 continue
             x = x / 1000 if key == "int8_bytes" else x
@@ -242,8 +247,9 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
             ax.annotate(r.label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
         ax.set_xlabel(xlabel)
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("TFLite Micro int8 top-1 (%), 200 lossless CIFAR-10 images")
-    fig.suptitle("ResNet-8: tfprune (channels removed) vs tfmot (weights zeroed), same budget")
+    axes[0].set_ylabel("TFLite Micro int8 top-1 (%)")
+    fig.suptitle("ResNet-8, CIFAR-10 (200 lossless test images): tfprune (channels removed) "
+                 "vs tfmot (weights zeroed), 5 fine-tuning epochs each", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -264,8 +270,21 @@ def measure(row: Row, model, data, calibration, lossless, export_dir: pathlib.Pa
     return (export_dir / tag / "model_int8.tflite").read_bytes()
 
 
+def last_recorded(results: str) -> List[Row]:
+    """The rows of the last run recorded in `cache/results/<results>.json`."""
+    path = bc.CACHE_DIR / "results" / f"{results}.json"
+    if not path.is_file():
+        raise SystemExit(f"{path} does not exist: run tools/bench_vs_tfmot.py first")
+    return [Row(**r) for r in json.loads(path.read_text())[-1]["rows"]]
+
+
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if args.report:
+        rows = last_recorded(args.results)
+        print(table(rows))
+        print(plot(rows, args.plot))
+        return 0
     check_args(args)
     started, cpu0 = time.perf_counter(), time.process_time()
     folders = [run_tfmot(s, args.epochs, args.seed) for s in args.sparsity]

@@ -79,8 +79,19 @@ def test_arguments(tmp_path, monkeypatch):
             bvt.check_args(bvt.build_parser().parse_args(argv))
 
 
-def test_plot_writes_a_png(tmp_path):
-    path = bvt.plot(_rows(), tmp_path / "img" / "vs.png")
+def test_report_redraws_the_last_recorded_run(tmp_path, monkeypatch, capsys):
+    import dataclasses
+
+    monkeypatch.setattr(bvt.bc, "CACHE_DIR", tmp_path)
+    with pytest.raises(SystemExit, match="run tools/bench_vs_tfmot.py first"):
+        bvt.main(["--report"])
+    old, new = _rows(), _rows()
+    new[1].figures["int8_bytes"] = 50_000
+    for rows in (old, new):
+        bvt.bc.append_result("vs_tfmot", {"rows": [dataclasses.asdict(r) for r in rows]})
+    assert bvt.main(["--report", "--plot", str(tmp_path / "img" / "vs.png")]) == 0
+    assert "50,000 (0.50x)" in capsys.readouterr().out           # the last run, not the first
+    path = tmp_path / "img" / "vs.png"
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(path.parent.glob(".*"))           # written atomically: no temporary left
 
