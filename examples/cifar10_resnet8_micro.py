@@ -15,8 +15,8 @@ Data: `--data-dir` holds `cifar10/{train,test}/<class>/*.jpg` and `cifar10-lossl
 
 Runtime on 2 CPU cores: training the dense model takes hours (30 epochs, about 2.5 minutes
 each); from a trained `--model` with `--epochs 1`, about 10 minutes; the tiny setting
-`--dense-epochs 1 --epochs 1 --limit-per-class 20 --no-baseline --latency-runs 2` about
-40 seconds.
+`--dense-epochs 1 --epochs 1 --limit-per-class 10 --calibration-samples 32 --no-baseline
+--latency-runs 2` about a minute.
 
     python examples/cifar10_resnet8_micro.py --model cache/resnet8_dense_seed0.keras --epochs 1
     python examples/cifar10_resnet8_micro.py --dense-epochs 30 --epochs 10     # from scratch
@@ -56,6 +56,9 @@ def parse_args(argv=None):
                         help="fraction of the dense FLOPs to keep (default 0.25)")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="training and test images per class (default: all)")
+    parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
+                        help="training images for CAMP-HiVe's curvature and int8 calibration "
+                             f"(default {CALIBRATION_SAMPLES}; the cost grows with it)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not measure the dense model beside the pruned one")
     parser.add_argument("--latency-runs", type=int, default=50,
@@ -64,7 +67,7 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="out/cifar10_resnet8_micro",
                         help="deployable folder written by tfprune.export.convert")
     args = parser.parse_args(argv)
-    for name in ("dense_epochs", "epochs", "latency_runs"):
+    for name in ("dense_epochs", "epochs", "latency_runs", "calibration_samples"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
     if args.limit_per_class is not None and args.limit_per_class < 1:
@@ -111,7 +114,7 @@ def main(argv=None):
 
     steps = math.ceil(len(x) / BATCH)
     rng = np.random.default_rng(args.seed)
-    calibration = rng.choice(len(x), size=min(CALIBRATION_SAMPLES, len(x)), replace=False)
+    calibration = rng.choice(len(x), size=min(args.calibration_samples, len(x)), replace=False)
     pruning = tfprune.CampHiVe(
         tfprune.Target(flops=args.flops),
         tfprune.PolynomialDecay(begin_step=0, end_step=max(1, steps * args.epochs // 2),

@@ -99,7 +99,8 @@ def test_cifar10_resnet8_micro_tiny(shared_data, tmp_path, capsys):
     out = tmp_path / "bundle"
     result = _load("cifar10_resnet8_micro").main(
         ["--data-dir", str(shared_data), "--dense-epochs", "1", "--epochs", "1",
-         "--limit-per-class", "20", "--no-baseline", "--latency-runs", "2", "--out", str(out)])
+         "--limit-per-class", "10", "--calibration-samples", "32", "--no-baseline",
+         "--latency-runs", "2", "--out", str(out)])
     report = result["report"]
     assert report.profile["flops"] <= 0.25 * tfprune.profile(tfprune.zoo.resnet8()).flops
     assert report.accuracy["samples"] == 200                 # the lossless MLPerf Tiny set
