@@ -159,7 +159,8 @@ def _entry(qualified: str, value, level: str = "###") -> str:
         head += f"```python\n{kind} {_signature(qualified, value)}\n```\n\n"
         doc = inspect.getdoc(value) or "(no docstring)"
         return head + render_docstring(doc)
-    text = repr(value)
+    # Object addresses (`<function <lambda> at 0x7f...>`) change from run to run.
+    text = re.sub(r" at 0x[0-9a-fA-F]+", "", repr(value))
     if len(text) > 300:
         text = f"{type(value).__name__} of {len(value)} entries"
     return head + f"```text\n{qualified} = {text}\n```\n"
