@@ -449,13 +449,19 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
         target = "-" if r["method"] == "dense" else (
             f"FLOPs {r['target']:g}" if r["granularity"] == "channel" else f"sparsity {r['target']:g}")
         lines.append(
-            f"| {LABELS[r['method']]} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
+            f"| {label(r)} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
             f"{r['top1']:.2f} | {_fmt(d.get('top1_micro_int8'), 1)} | {r['params']:,} | "
             f"{r['macs'] / 1e6:.2f} M | {_fmt(d.get('int8_bytes'))}{_pct(d.get('int8_bytes'), dd.get('int8_bytes'))} | "
             f"{_fmt(d.get('arena_bytes'))}{_pct(d.get('arena_bytes'), dd.get('arena_bytes'))} | "
             f"{_micro(r, d, dd, latency)} | "
             f"{_fmt(r.get('prune_epoch_cpu_s'), 0)} | {_fmt(r.get('run_cpu_s'), 0)} |")
     return "\n".join(lines)
+
+
+def label(row: dict) -> str:
+    """The method's name in tables and plots, with the run's per-group floor if it has one."""
+    floor = row.get("min_density") or 0
+    return LABELS[row["method"]] + (f", min_density {floor:g}" if floor else "")
 
 
 def _micro(row, d, dd, latency) -> str:
@@ -487,15 +493,16 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     import matplotlib.pyplot as plt
 
     markers = {"l1": "o", "l1_uniform": "h", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s",
-               "taylor": "^",
-               "random": "v", "dense": "P", "narrow": "X"}
+               "taylor": "^", "random": "v", "dense": "P", "narrow": "X"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for method, marker in markers.items():
-        pts = sorted((r["flops_fraction"], r["top1"]) for r in rows
-                     if r["method"] == method and r["granularity"] == "channel")
-        if pts:
-            ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
-                    linestyle="-" if len(pts) > 1 else "none", label=LABELS[method])
+    channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
+    for name in dict.fromkeys(label(r) for r in channel):
+        mine = [r for r in channel if label(r) == name]
+        pts = sorted((r["flops_fraction"], r["top1"]) for r in mine)
+        marker = markers[mine[0]["method"]]
+        ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
+                mfc="none" if mine[0].get("min_density") else None,
+                linestyle="-" if len(pts) > 1 else "none", label=name)
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
     for ref in references:
         mine = "protocol" not in ref["label"]
@@ -533,7 +540,7 @@ def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> path
         values = list(r["kept_channels"].values())
         kept = [r["kept_channels"].get(g, values[j] if j < len(values) else 0)
                 for j, g in enumerate(groups)]
-        ax.bar(x - 0.425 + (i + 0.5) * width, kept, width, label=LABELS[r["method"]])
+        ax.bar(x - 0.425 + (i + 0.5) * width, kept, width, label=label(r))
     ax.set_xticks(x, [g.replace("+", "\n") for g in groups], fontsize=7)
     ax.set_ylabel("channels kept")
     ax.set_title(f"Channels kept per group at {target:.0%} of the dense FLOPs")
