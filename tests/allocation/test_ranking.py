@@ -75,6 +75,29 @@ def test_uniform_allocation_equal_fraction_within_one_unit():
     assert fractions.max() - fractions.min() <= 1 / 10 + 1e-9
     for p, r in zip(pools, removed):
         assert p.scores[r].max() <= p.scores[~r].min()
+    # Minimal: no pool can put a unit back without missing the budget.
+    for i in range(3):
+        fewer = counts.copy()
+        fewer[i] -= 1
+        assert fewer.sum() < 35
+
+
+def test_uniform_allocation_puts_units_back_while_the_budget_holds():
+    # Three pools of 16, 32 and 64 units, each unit costing 1/size of its pool's equal share;
+    # the budget keeps at most 45% of the cost. The smallest common fraction that meets it,
+    # 35/64, removes 9, 18 and 35 units and keeps 44.3%; the 64-unit pool can put one back
+    # (44.8%), after which no pool can.
+    sizes = np.array([16, 32, 64])
+    pools = [Pool(f"p{n}", np.arange(n, dtype=float), np.zeros(n, bool), n - 1) for n in sizes]
+
+    def kept(c):
+        return np.mean(1 - c / sizes)
+
+    removed = UniformAllocation()(AllocationProblem(pools, lambda c: kept(c) <= 0.45))
+    counts = np.array([r.sum() for r in removed])
+    assert counts.tolist() == [9, 18, 34]
+    assert kept(counts) <= 0.45
+    assert all(kept(counts - np.eye(3, dtype=int)[i]) > 0.45 for i in range(3))
 
 
 def test_already_met_changes_nothing_and_unreachable_raises():
@@ -101,3 +124,39 @@ def test_bad_arguments():
         GlobalRanking(per_unit_cost=True)(AllocationProblem(pools, lambda c: c.sum() >= 1))
     assert isinstance(allocation.get("per_unit_cost"), GlobalRanking)
     assert allocation.get("per_unit_cost").per_unit_cost
+
+
+def test_normalized_ranking_judges_each_unit_against_its_own_pool():
+    # A wide pool of individually weak units (scores ~0.1) beside a pool of strong ones:
+    # plain ranking empties the weak pool, the normalised one takes from both.
+    weak = Pool("wide", np.linspace(0.08, 0.12, 8), np.zeros(8, bool), max_removed=7)
+    strong = Pool("narrow", np.linspace(1.0, 3.0, 4), np.zeros(4, bool), max_removed=3)
+
+    def meets(c):
+        return c.sum() >= 6
+
+    plain = GlobalRanking()(AllocationProblem([weak, strong], meets))
+    scaled = GlobalRanking(normalize="mean")(AllocationProblem([weak, strong], meets))
+    assert [int(r.sum()) for r in plain] == [6, 0]
+    assert [int(r.sum()) for r in scaled] == [4, 2]
+    for p, r in zip([weak, strong], scaled):  # still the lowest of each pool first
+        assert p.scores[r].max() <= p.scores[~r].min()
+    assert allocation.get("normalized").normalize == "mean"
+    assert GlobalRanking(normalize="mean").get_config() == {"per_unit_cost": False,
+                                                            "normalize": "mean"}
+
+
+def test_normalized_scores_rise_as_a_pool_loses_units():
+    # Removed units count in the mean with their (zero) score: a pool that lost half of its
+    # units ranks the ones it keeps twice as high as before.
+    fresh = Pool("a", [1.0, 1.0, 1.0, 1.0], np.zeros(4, bool), 3)
+    pruned = Pool("a", [0.0, 0.0, 1.0, 1.0], [True, True, False, False], 3)
+    problem = AllocationProblem([fresh, pruned], lambda c: True)
+    out = allocation.ranking.normalized(problem, "mean")
+    assert out.pools[0].scores.tolist() == [1.0] * 4
+    assert out.pools[1].scores.tolist() == [0.0, 0.0, 2.0, 2.0]
+    zero = AllocationProblem([Pool("z", [0.0, 0.0], np.zeros(2, bool), 1)], lambda c: True)
+    assert allocation.ranking.normalized(zero, "mean").pools[0].scores.tolist() == [0.0, 0.0]
+    assert allocation.ranking.normalized(problem, None) is problem
+    with pytest.raises(InvalidPruningArgumentError, match="normalize='max'.*'mean'"):
+        GlobalRanking(normalize="max")

@@ -32,8 +32,11 @@ def test_mnist_half_the_flops_strip_and_accuracy(shared_data):
     model.compile(keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(3e-3,
                                                                                EPOCHS * steps)),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    # The classic global L1 ranking, tfmot users' baseline (the normalised default allocation
+    # reached 96.86% here with seed 0).
     pruning = tfprune.MagnitudePruning(tfprune.Target(flops=0.5),
-                                       tfprune.PolynomialDecay(0, steps, steps // 6), verbose=0)
+                                       tfprune.PolynomialDecay(0, steps, steps // 6),
+                                       allocation="global", verbose=0)
     model.fit(x, y, batch_size=BATCH, epochs=EPOCHS, callbacks=[pruning], verbose=0)
 
     cost = pruning.cost_model

@@ -223,6 +223,28 @@ def test_global_weight_pruning_removes_smallest_magnitudes(tiny_cnn, drive):
     assert flat[removed].max() <= flat[~removed].min()
 
 
+def test_default_allocation_normalizes_channel_scores_per_group(tiny_cnn, drive):
+    # One group's L1 scores scaled down a thousand times: the raw global ranking prunes that
+    # group first, the default (normalised) one judges its channels against each other.
+    def scaled(model):
+        kernel = model.get_layer("conv0").kernel
+        kernel.assign(kernel.numpy() * 1e-3)
+        return model
+
+    raw = drive(tfprune.MagnitudePruning(tfprune.Target(flops=0.5), allocation="global",
+                                         verbose=0), scaled(tiny_cnn()))
+    default = drive(tfprune.MagnitudePruning(tfprune.Target(flops=0.5), verbose=0),
+                    scaled(tiny_cnn()))
+    assert repr(default.allocation) == "GlobalRanking(per_unit_cost=False, normalize='mean')"
+    first, second = (g.id for g in raw.groups)
+    assert raw.removed[second].sum() == 0 and default.removed[second].sum() > 0
+    assert (~raw.removed[first]).sum() < (~default.removed[first]).sum()
+    assert default.events[-1].achieved["flops_kept"] <= 0.5
+    weights = tfprune.MagnitudePruning(tfprune.Target(sparsity=0.5), granularity="weight",
+                                       verbose=0)
+    assert repr(weights.allocation) == "GlobalRanking(per_unit_cost=False, normalize=None)"
+
+
 def test_taylor_uses_calibration_data(tiny_cnn, data, drive):
     model = tiny_cnn()
     cb = drive(tfprune.MagnitudePruning(tfprune.Target(flops=0.5), criterion="taylor",

@@ -13,6 +13,7 @@ import tensorflow as tf
 import tfprune
 from tfprune.allocation import GlobalRanking
 from tfprune.allocation.adaptive import AdaptiveThresholds
+from tfprune.allocation.ranking import normalized
 from tfprune.criteria import ScoringContext
 from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency, CurvatureEstimate
 from tfprune.errors import (InvalidCriterionError, InvalidPruningArgumentError,
@@ -275,6 +276,27 @@ def test_thresholds_meet_the_target_exactly(resnet, keep, beta):
             np.testing.assert_array_equal(a, b)
 
 
+def test_normalized_thresholds_meet_the_target_on_scores_over_their_group_mean(resnet):
+    _, callback = resnet
+    rng = np.random.default_rng(7)
+    scores = [rng.random(g.size) * 10.0 ** rng.uniform(-3, 1) for g in callback.groups]
+    curvature = rng.uniform(0.5, 50, len(scores))
+    problem = callback._problem(scores, {"flops": 0.4})
+    thresholds = AdaptiveThresholds(1.0, curvature, normalize="mean")
+    removed = thresholds(problem)
+    assert problem.meets(np.array([r.sum() for r in removed]))
+    same = AdaptiveThresholds(1.0, curvature)(normalized(problem, "mean"))
+    for a, b in zip(removed, same):
+        np.testing.assert_array_equal(a, b)
+    # Without curvature scaling: groups whose scores are a thousand times smaller are
+    # emptied by the plain threshold, not by the normalised one.
+    def emptied(removed):
+        return sum(int(r.sum()) == p.max_removed for r, p in zip(removed, problem.pools))
+
+    assert emptied(AdaptiveThresholds(0.0)(problem)) > 0
+    assert emptied(AdaptiveThresholds(0.0, normalize="mean")(problem)) == 0
+
+
 def test_more_curved_groups_keep_more(resnet):
     _, callback = resnet
     scores = [np.linspace(1.0, 2.0, g.size) for g in callback.groups]
@@ -359,7 +381,7 @@ def test_prunes_a_small_cnn_inside_fit_and_meets_the_target(tmp_path):
 def test_weight_granularity_meets_the_sparsity_folds_and_prints(capsys):
     x, y = _digits()
     model = _digits_cnn(1)
-    pruning = CampHiVe(tfprune.Target(sparsity=0.7), granularity="weight",
+    pruning = CampHiVe(tfprune.Target(sparsity=0.7), granularity="weight", beta=1.0,
                        calibration_data=(x[:64], y[:64]), hutchinson_samples=2, verbose=1)
     _drive(pruning, model)
     event = pruning.events[-1]

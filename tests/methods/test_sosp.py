@@ -193,7 +193,9 @@ def test_global_ranking_meets_the_target_with_the_lowest_saliencies(target, per_
         flops = cost.marginal(np.zeros(len(cost.groups), int))["flops"]
         index = {g.id: i for i, g in enumerate(cost.groups)}
         scores = {gid: s / flops[index[gid]] for gid, s in scores.items()}
-    sosp = _run(tfprune.SOSPH(target, data, per_flop=per_flop, verbose=0), model, data)
+    # The paper's ranking: raw saliencies of all groups on one scale.
+    sosp = _run(tfprune.SOSPH(target, data, per_flop=per_flop, allocation="global", verbose=0),
+                model, data)
     removed = sosp.removed
     achieved = sosp.events[-1].achieved
     resource, keep = next(iter(target.keep.items()))
@@ -251,7 +253,8 @@ def test_sosp_flags_a_layer_it_cannot_afford_to_prune(capsys):
         if p.role == "consumer":
             v = tfprune.graph.find_variable(model, p.layer, p.weight)
             v.assign(v.numpy() * 30.0)
-    sosp = _run(tfprune.SOSPH(tfprune.Target(flops=0.6), data, verbose=1), model, data)
+    sosp = _run(tfprune.SOSPH(tfprune.Target(flops=0.6), data, allocation="global", verbose=1),
+                model, data)
     assert set(m.layer for m in first.producers) <= set(sosp.report.bottlenecks)
     assert "<- bottleneck" in capsys.readouterr().out
 

@@ -41,7 +41,8 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from tfprune.allocation.ranking import AllocationProblem, GlobalRanking, Pool
+from tfprune.allocation.ranking import (AllocationProblem, GlobalRanking, Pool,
+                                        check_normalize, normalized)
 from tfprune.errors import InvalidPruningArgumentError
 
 #: Curvatures below this fraction of the largest are raised to it: a flat pool (lambda ~ 0)
@@ -63,12 +64,15 @@ class AdaptiveThresholds:
     removed and the smallest one kept; None when nothing new was removed) and `thresholds`
     each pool's `tau_l`. With `per_unit_cost=True` saliencies are divided by what removing
     the unit saves (the problem's `unit_costs`) before the thresholds apply, and `tau` is in
-    saliency per unit of cost.
+    saliency per unit of cost. With `normalize="mean"` each pool's saliencies are first
+    divided by their mean (`tfprune.allocation.ranking.normalized`): thresholds then apply to
+    a unit's saliency relative to its pool, and `tau` is in those units.
 
     Args:
         beta: strength of the adaptation, `>= 0`; 0 is a plain global threshold.
         curvature: one `lambda_l` per pool, in the problem's pool order; None: all equal.
         per_unit_cost: compare saliency per unit of cost with the thresholds.
+        normalize: None, or `"mean"` to compare each pool's saliencies over their mean.
 
     Raises:
         InvalidPruningArgumentError: a negative or non-finite `beta`, or a curvature that is
@@ -76,7 +80,7 @@ class AdaptiveThresholds:
     """
 
     def __init__(self, beta: float = 1.0, curvature: Optional[Sequence[float]] = None,
-                 per_unit_cost: bool = False):
+                 per_unit_cost: bool = False, normalize: Optional[str] = None):
         if isinstance(beta, bool) or not isinstance(beta, numbers.Real) \
                 or not math.isfinite(beta) or beta < 0:
             raise InvalidPruningArgumentError(
@@ -92,6 +96,8 @@ class AdaptiveThresholds:
                 ) from None
         self.beta = float(beta)
         self.curvature = curvature
+        # Normalised in `__call__`, before the curvature scaling (after it would undo it).
+        self.normalize = check_normalize(normalize)
         self.ranking = GlobalRanking(per_unit_cost)
         self.tau: Optional[float] = None
         self.thresholds: Optional[np.ndarray] = None
@@ -112,6 +118,7 @@ class AdaptiveThresholds:
         return np.where(known, lam / mean, 1.0) ** self.beta
 
     def __call__(self, problem: AllocationProblem) -> List[np.ndarray]:
+        problem = normalized(problem, self.normalize)
         scale = self.multipliers(len(problem.pools))
         scaled = AllocationProblem(
             [Pool(p.name, p.scores * m, p.removed, p.max_removed)
@@ -140,8 +147,9 @@ class AdaptiveThresholds:
         return low if not math.isfinite(high) else 0.5 * (low + high)
 
     def get_config(self):
-        return {"beta": self.beta, "per_unit_cost": self.ranking.per_unit_cost}
+        return {"beta": self.beta, "per_unit_cost": self.ranking.per_unit_cost,
+                "normalize": self.normalize}
 
     def __repr__(self):
         return (f"AdaptiveThresholds(beta={self.beta}, "
-                f"per_unit_cost={self.ranking.per_unit_cost})")
+                f"per_unit_cost={self.ranking.per_unit_cost}, normalize={self.normalize!r})")

@@ -104,6 +104,37 @@ class AllocationProblem:
         return out
 
 
+#: How `GlobalRanking` and `AdaptiveThresholds` may put the pools' scores on one scale.
+NORMALIZERS = (None, "mean")
+
+
+def check_normalize(normalize) -> Optional[str]:
+    """`normalize` if it is one of `NORMALIZERS`, else `InvalidPruningArgumentError`."""
+    if normalize not in NORMALIZERS:
+        raise InvalidPruningArgumentError(
+            f"normalize={normalize!r}: accepted are None (rank the scores as they are) and "
+            "'mean' (divide each pool's scores by their mean over all its units)")
+    return normalize
+
+
+def normalized(problem: AllocationProblem, normalize: Optional[str]) -> AllocationProblem:
+    """`problem` with each pool's scores divided by their mean over all of its units.
+
+    Removed units count in the mean with their current score, which is zero for a channel
+    whose weights are zero under the magnitude and saliency criteria: as a pool loses units,
+    its mean falls and the units it keeps rank higher. A pool whose scores are all zero keeps
+    zeros. `normalize=None` returns `problem` itself.
+    """
+    if check_normalize(normalize) is None:
+        return problem
+    pools = []
+    for p in problem.pools:
+        mean = float(np.mean(p.scores)) if p.scores.size else 0.0
+        scores = p.scores / mean if mean > 0 else np.zeros_like(p.scores)
+        pools.append(Pool(p.name, scores, p.removed, p.max_removed))
+    return AllocationProblem(pools, problem.meets, problem.unit_costs)
+
+
 def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:
     """The smallest integer in `(lo, hi]` with `ok`, knowing `ok(hi)` and not `ok(lo)`."""
     while hi - lo > 1:
@@ -124,24 +155,34 @@ class GlobalRanking:
     problem's `unit_costs`, evaluated at the units already removed), which favours pruning
     expensive layers; scores must then be non-negative.
 
+    Scores of different pools are compared as they are, which suits scores on one scale (a
+    loss change) but lets a pool whose units are individually weak and jointly needed be
+    emptied: a wide layer of many redundant channels, or a layer whose weights are smaller.
+    `normalize="mean"` divides each pool's scores by their mean first (`normalized`), so that
+    units are ranked by their importance within their own pool (Molchanov et al., 2017,
+    normalise per layer for the same reason).
+
     Args:
         per_unit_cost: rank by score per unit of cost instead of by score.
+        normalize: None, or `"mean"` to rank each pool's scores over their mean.
 
     Example:
 
     ```python
     from tfprune.allocation import GlobalRanking
-    allocation = GlobalRanking(per_unit_cost=True)
+    allocation = GlobalRanking(per_unit_cost=True, normalize="mean")
     ```
     """
 
-    def __init__(self, per_unit_cost: bool = False):
+    def __init__(self, per_unit_cost: bool = False, normalize: Optional[str] = None):
         if not isinstance(per_unit_cost, bool):
             raise InvalidPruningArgumentError(
                 f"GlobalRanking(per_unit_cost={per_unit_cost!r}) must be True or False")
         self.per_unit_cost = per_unit_cost
+        self.normalize = check_normalize(normalize)
 
     def __call__(self, problem: AllocationProblem) -> List[np.ndarray]:
+        problem = normalized(problem, self.normalize)
         already = problem.removed_counts()
         if problem.meets(already):
             return [p.removed.copy() for p in problem.pools]
@@ -165,10 +206,10 @@ class GlobalRanking:
         return problem.masks(counts(k))
 
     def get_config(self):
-        return {"per_unit_cost": self.per_unit_cost}
+        return {"per_unit_cost": self.per_unit_cost, "normalize": self.normalize}
 
     def __repr__(self):
-        return f"GlobalRanking(per_unit_cost={self.per_unit_cost})"
+        return f"GlobalRanking(per_unit_cost={self.per_unit_cost}, normalize={self.normalize!r})"
 
 
 class UniformAllocation:
@@ -176,7 +217,10 @@ class UniformAllocation:
 
     The fraction is the smallest for which the budget holds; each pool removes
     `ceil(fraction * size)` units (at least what it already lost, at most its maximum), its
-    lowest-scored first, so every pool is within one unit of the common fraction.
+    lowest-scored first. Pools then put back one unit each, the largest pool first, while
+    the budget still holds (without it, pools of 16 channels would make the fraction jump by
+    1/16 and overshoot a FLOPs target by several percent), so every pool is within one unit
+    of the common fraction and no pool can put back a unit without missing the budget.
 
     Example:
 
@@ -201,7 +245,13 @@ class UniformAllocation:
         # Every count changes only at fractions i / size: bisect over those breakpoints.
         points = np.unique(np.concatenate([np.arange(1, s + 1) / s for s in sizes] + [[0.0]]))
         i = _smallest(0, len(points) - 1, lambda i: problem.meets(counts(points[i])))
-        return problem.masks(counts(points[i]))
+        chosen = counts(points[i])
+        for pool in np.argsort(-sizes, kind="stable"):
+            if chosen[pool] > already[pool]:
+                chosen[pool] -= 1
+                if not problem.meets(chosen):
+                    chosen[pool] += 1
+        return problem.masks(chosen)
 
     def get_config(self):
         return {}
@@ -211,11 +261,16 @@ class UniformAllocation:
 
 
 ALLOCATIONS = {"global": GlobalRanking, "uniform": UniformAllocation,
-               "per_unit_cost": lambda: GlobalRanking(per_unit_cost=True)}
+               "per_unit_cost": lambda: GlobalRanking(per_unit_cost=True),
+               "normalized": lambda: GlobalRanking(normalize="mean")}
 
 
 def get(identifier):
-    """An allocation from a name (`"global"`, `"per_unit_cost"`, `"uniform"`) or a callable.
+    """An allocation from a name or a callable.
+
+    Names: `"global"` (`GlobalRanking()`), `"per_unit_cost"` (`GlobalRanking(per_unit_cost=
+    True)`), `"normalized"` (`GlobalRanking(normalize="mean")`), `"uniform"`
+    (`UniformAllocation()`).
 
     Raises:
         InvalidPruningArgumentError: an unknown name or something that is not callable.

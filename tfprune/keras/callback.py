@@ -158,9 +158,14 @@ class PruningCallback(keras.callbacks.Callback):
         target: a `tfprune.Target`.
         schedule: a `tfprune.PolynomialDecay`, `ConstantSparsity` or `OneShot`
             (default: `OneShot(0)`, prune before the first step, then fine-tune).
-        allocation: `"global"` (rank all units together), `"per_unit_cost"` (rank by score per
-            FLOP/param/byte saved), `"uniform"` (same fraction everywhere, tfmot's way), or a
-            callable taking a `tfprune.allocation.AllocationProblem`.
+        allocation: `"normalized"` (rank all units together, each group's scores over
+            their mean), `"global"` (rank the scores as they are), `"per_unit_cost"` (rank by
+            score per FLOP/param/byte saved), `"uniform"` (same fraction everywhere, tfmot's
+            way), or a callable taking a `tfprune.allocation.AllocationProblem`. None (the
+            default): `"normalized"` at channel granularity, where raw scores of groups of
+            different widths and depths are on different scales and a plain global ranking
+            empties whole groups (`docs/concepts/targets_and_schedules.md`), `"global"` at
+            weight granularity (global magnitude pruning).
         granularity: `"channel"` (structured: the model gets smaller) or `"weight"`.
         calibration_data: `(x, y)` arrays or a `tf.data.Dataset` of `(x, y)` batches, for
             criteria that need data (gradients, curvature).
@@ -182,7 +187,7 @@ class PruningCallback(keras.callbacks.Callback):
     ```
     """
 
-    def __init__(self, criterion, target, schedule=None, allocation="global",
+    def __init__(self, criterion, target, schedule=None, allocation=None,
                  granularity: str = CHANNEL, calibration_data=None, min_channels: int = 1,
                  min_density: float = 0.0, verbose: int = 1, seed: int = 0):
         super().__init__()
@@ -216,6 +221,8 @@ class PruningCallback(keras.callbacks.Callback):
                 "tf.data.Dataset of (x, y) batches (a few hundred training samples are enough)")
         self.target = target
         self.schedule = schedule
+        if allocation is None:
+            allocation = "normalized" if granularity == CHANNEL else "global"
         self.allocation = allocation_lib.get(allocation)
         self.granularity = granularity
         self.calibration_data = calibration_data

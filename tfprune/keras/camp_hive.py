@@ -103,14 +103,20 @@ class CampHiVe(PruningCallback):
         merge: fold removed units into partners (False: plain removal).
         merge_rule: `"least_squares"` (fitted fold) or `"half"` (the prototype's
             `w_j += w_i / 2`, partners by position).
-        beta: strength of the curvature-adaptive thresholds, `>= 0`; 0 is one global
-            threshold (and skips the block curvature).
+        beta: strength of the curvature-adaptive thresholds, `>= 0`; 0 (the default) is one
+            global threshold (and skips the block curvature). On ResNet-8 a group's block
+            eigenvalue was lowest in the widest, most redundant group, and `beta > 0` emptied
+            it (`docs/methods/camp_hive.md`): use it with a `min_density`.
         diagonal: `H_ii` from `"hutchinson"`, `"lowrank"` (top-k eigenpairs) or `"both"`.
         hessian: `"exact"` or `"gauss_newton"` (positive semi-definite).
         power_iters: most products of each power iteration.
         hutchinson_samples: Rademacher vectors of the Hutchinson estimate.
         top_k: global eigenpairs for `diagonal="lowrank"` / `"both"`.
         per_unit_cost: compare saliency per FLOP (or param, byte) removed with the thresholds.
+        normalize: `"mean"` (default) divides each pool's saliencies by their mean before
+            the thresholds apply, so a unit is judged against its own group (see
+            `tfprune.allocation.GlobalRanking`); None compares raw saliencies, which lets
+            a wide group of individually weak channels be emptied.
         loss: the loss of the curvature; None uses the model's compiled loss.
         batch_size: samples per batch of the curvature products.
         min_channels: channels every group keeps (`>= 1`).
@@ -142,10 +148,10 @@ class CampHiVe(PruningCallback):
 
     def __init__(self, target, schedule=None, calibration_data=None,
                  granularity: str = CHANNEL, merge: bool = True,
-                 merge_rule: str = "least_squares", beta: float = 1.0,
+                 merge_rule: str = "least_squares", beta: float = 0.0,
                  diagonal: str = "hutchinson", hessian: str = "exact", power_iters: int = 3,
                  hutchinson_samples: int = 8, top_k: int = 1, per_unit_cost: bool = False,
-                 loss=None, batch_size: int = 128, min_channels: int = 1,
+                 normalize: Optional[str] = "mean", loss=None, batch_size: int = 128, min_channels: int = 1,
                  min_density: float = 0.0, verbose: int = 1, seed: int = 0):
         if not isinstance(merge, bool):
             raise InvalidPruningArgumentError(f"merge={merge!r}: expected True or False")
@@ -153,7 +159,7 @@ class CampHiVe(PruningCallback):
             raise InvalidPruningArgumentError(
                 f"per_unit_cost={per_unit_cost!r}: expected True or False")
         self.merge_rule = check_rule(merge_rule)
-        thresholds = AdaptiveThresholds(beta, per_unit_cost=per_unit_cost)
+        thresholds = AdaptiveThresholds(beta, per_unit_cost=per_unit_cost, normalize=normalize)
         # The engine validates `verbose`; the criterion only needs to know whether to print.
         talk = int(isinstance(verbose, int) and not isinstance(verbose, bool) and verbose > 0)
         criterion = CampHiVeSaliency(diagonal, hessian, hutchinson_samples, power_iters, top_k,
@@ -166,6 +172,7 @@ class CampHiVe(PruningCallback):
         self.merge = merge
         self.beta = thresholds.beta
         self.per_unit_cost = per_unit_cost
+        self.normalize = thresholds.normalize
         self.records: List[CampHiVeRecord] = []
 
     # --- setup ---------------------------------------------------------------------------
@@ -214,7 +221,8 @@ class CampHiVe(PruningCallback):
         estimate = context.cache[CACHE_KEY]
         keys = self._pool_keys()
         curvature = [estimate.block_eigenvalues.get(k) for k in keys]
-        self.allocation = AdaptiveThresholds(self.beta, curvature, self.per_unit_cost)
+        self.allocation = AdaptiveThresholds(self.beta, curvature, self.per_unit_cost,
+                                             self.normalize)
         removed = super().allocate(context, scores, keep)
         names = list(self._removed) if self.granularity != CHANNEL else keys
         thresholds = self.allocation.thresholds
@@ -319,6 +327,7 @@ class CampHiVe(PruningCallback):
             "hutchinson_samples": criterion["hutchinson_samples"],
             "top_k": criterion["top_k"],
             "per_unit_cost": self.per_unit_cost,
+            "normalize": self.normalize,
             "loss": criterion["loss"],
             "batch_size": criterion["batch_size"],
             "min_channels": self.min_channels,

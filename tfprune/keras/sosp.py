@@ -127,7 +127,9 @@ class SOSPH(PruningCallback):
         per_flop: rank by saliency per FLOP removed instead of by saliency.
         loss: the loss for the curvature; None uses the model's compiled loss.
         allocation: how the ranking becomes a pruning (see `tfprune.PruningCallback`);
-            `"global"` is SOSP's.
+            None is `"normalized"` (every channel ranked against its own group's mean);
+            `"global"` is the paper's raw ranking, which on ResNet-8 empties the widest
+            group (`docs/methods/sosp_h.md`).
         bottleneck_ratio: the report flags layers pruned less than this times the mean
             pruned fraction, in `(0, 1]`.
         batch_size: samples per batch of the curvature product for `(x, y)` arrays.
@@ -150,7 +152,7 @@ class SOSPH(PruningCallback):
     """
 
     def __init__(self, target, calibration_data, schedule=None, hessian: str = "gauss_newton",
-                 per_flop: bool = False, loss=None, allocation="global",
+                 per_flop: bool = False, loss=None, allocation=None,
                  bottleneck_ratio: float = 0.25, batch_size: int = 128, **kwargs):
         if not isinstance(per_flop, bool):
             raise InvalidPruningArgumentError(f"SOSPH(per_flop={per_flop!r}): expected True or "
