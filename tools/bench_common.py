@@ -261,8 +261,8 @@ def fine_tune(model: keras.Model, data, epochs: int, seed: int, lr=FINE_TUNE_LR,
               **kwargs) -> keras.callbacks.History:
     """Fine-tunes a trained `model` in place: the protocol's recipe at a lower learning rate.
 
-    `train` with another default rate: cosine decay from `FINE_TUNE_LR` (5e-4, a quarter of
-    the dense peak) to 0 over the steps of this run. Same data stream, augmentation, loss and
+    `train` with its own default rate: cosine decay from `FINE_TUNE_LR` (2e-3, the dense
+    peak rewound) to 0 over the steps of this run. Same data stream, augmentation, loss and
     optimizer. Pass a float to change the peak, or a `LearningRateSchedule` to replace it.
 
     Args:

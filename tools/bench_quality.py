@@ -1,20 +1,23 @@
 """Quality of the pruning methods: ResNet-8 on CIFAR-10 at a FLOPs (or sparsity) target.
 
-One run is `(method, granularity, target, epochs, seed)`. It starts from the cached dense
-ResNet-8 (`bench_common.dense_resnet8`, 30 epochs, never retrained) and fine-tunes it for
-`epochs` more epochs (30 .. 30 + epochs - 1) with the protocol's data stream and the
-fine-tuning recipe of `bench_common.fine_tune`: Adam, cosine decay from 5e-4 to 0 over the
-run's steps. Pruning happens during the first of those epochs:
-
-- gradual methods (`l1`, `taylor`, `random`, `camp_hive`, `magnitude`) prune at steps 0,
-  S/3 and 2S/3 of that epoch (`tfprune.PolynomialDecay(0, 2S/3, S/3)`, S its steps: the target
-  is reached a third of an epoch before its end);
-- one-shot methods (`sosp_h`, `rd_prune`) prune before its first step (`OneShot(0)`).
+One run is `(method, granularity, target, epochs, seed, min_density, prune_epochs)`. It
+starts from the cached dense ResNet-8 (`bench_common.dense_resnet8`, 30 epochs, never
+retrained) and fine-tunes it for `epochs` more epochs (30 .. 30 + epochs - 1, 10 by default:
+the protocol's budget) with the protocol's data stream and the fine-tuning recipe of
+`bench_common.fine_tune`: Adam, cosine decay from 2e-3 (the dense peak, rewound) to 0 over
+the run's steps. Pruning happens during the first `prune_epochs` of those epochs (5 by
+default), every method on the same events: every half epoch (S/2 steps, S the steps of an
+epoch) from step 0 to the middle of the last pruning epoch, 2 x `prune_epochs` events, the
+target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epochs - 1) S/2,
+S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
+at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`).
 
 At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
 model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
 schedule (`ContinuedSchedule`) with a fresh Adam state. At weight granularity nothing can be
 stripped (single zeros stay in the kernels), so the callback stays attached for every epoch.
+The reference `dense_ft` fine-tunes the dense model with the same recipe and no pruning: the
+accuracy the extra epochs give without pruning, and the plain `fit` time of those epochs.
 
 Each run appends a row to `cache/results/<results>.json` (`bench_common.append_result`) and
 saves the stripped model to `cache/quality/<run>.keras` (atomically, as soon as the run
@@ -33,7 +36,7 @@ Usage:
     python tools/bench_quality.py --plan a            # 25% FLOPs, every channel method
     python tools/bench_quality.py --method camp_hive,l1 --flops 0.5
     python tools/bench_quality.py --method rd_prune,magnitude --sparsity 0.9 --epochs 2
-    python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 5 epochs from scratch
+    python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 10 epochs from scratch
     python tools/bench_quality.py --report                          # table + plots
     python tools/bench_quality.py --plan all --images 1024 --epochs 1 --results quality_dry
 """
@@ -60,21 +63,29 @@ import tfprune  # noqa: E402
 from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 
 # "l1" ranks every channel of the network on one scale (global), "l1_uniform" removes the same
-# fraction of every group (Li et al. 2017's setting): the two usual L1 baselines.
-CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform")
+# fraction of every group (Li et al. 2017's setting): the two usual L1 baselines;
+# "l1_normalized" ranks each channel's L1 over its group's mean (tfprune's default allocation
+# at channel granularity, which taylor, random, camp_hive and sosp_h use too).
+CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform",
+                   "l1_normalized")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
-REFERENCE_METHODS = ("dense", "narrow")
+REFERENCE_METHODS = ("dense", "dense_ft", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
 LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
+          "l1_normalized": "L1 magnitude (normalized)",
           "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
-          "magnitude": "global magnitude", "dense": "dense", "narrow": "narrow from scratch"}
+          "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
+          "narrow": "narrow from scratch"}
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
-DEFAULT_EPOCHS = 5
+DEFAULT_EPOCHS = 10
+#: Epochs (at the start of the fine-tuning) over which the methods prune.
+PRUNE_EPOCHS = 5
 
 # The priority order of the sweep: 25% FLOPs, 50% FLOPs, then weight granularity.
 PLANS = {
-    "a": [("dense", "channel", 1.0)] + [(m, "channel", 0.25) for m in CHANNEL_METHODS],
+    "a": [("dense", "channel", 1.0), ("dense_ft", "channel", 1.0)]
+         + [(m, "channel", 0.25) for m in CHANNEL_METHODS],
     "b": [(m, "channel", 0.5) for m in CHANNEL_METHODS],
     "c": [(m, "weight", 0.9) for m in WEIGHT_METHODS],
 }
@@ -98,14 +109,17 @@ class RunSpec:
         granularity: `"channel"` (the target is a FLOPs fraction kept) or `"weight"` (the
             target is a sparsity).
         target: FLOPs fraction kept in (0, 1], or sparsity in (0, 1).
-        epochs: fine-tuning epochs after the 30 dense ones (the first one prunes).
+        epochs: fine-tuning epochs after the 30 dense ones.
         seed: seed of the data stream, the calibration draw and the methods' random draws.
+        min_density: fraction of every group's channels (kernel's weights) kept.
+        prune_epochs: the first epochs, during which the methods prune (0: once, before
+            the first step); at most `epochs`.
 
     Example:
 
     ```python
     spec = RunSpec("camp_hive", "channel", 0.25)
-    spec.name   # 'camp_hive_channel_flops0.25_e5_s0'
+    spec.name   # 'camp_hive_channel_flops0.25_e10_p5_s0'
     ```
     """
 
@@ -115,6 +129,7 @@ class RunSpec:
     epochs: int = DEFAULT_EPOCHS
     seed: int = 0
     min_density: float = 0.0
+    prune_epochs: int = PRUNE_EPOCHS
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -133,24 +148,32 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"target={self.target!r}: a FLOPs fraction in (0, 1] (channel) or a sparsity in "
                 "(0, 1) (weight)")
-        if self.method == "dense" and self.target != 1:
-            raise InvalidPruningArgumentError(f"method 'dense' has target 1.0; got {self.target}")
+        if self.method in ("dense", "dense_ft") and self.target != 1:
+            raise InvalidPruningArgumentError(
+                f"method {self.method!r} has target 1.0; got {self.target}")
         if isinstance(self.min_density, bool) or not isinstance(self.min_density, (int, float)) \
                 or not 0 <= self.min_density < 1:
             raise InvalidPruningArgumentError(f"min_density={self.min_density!r}: a number in [0, 1)")
-        for field, low in (("epochs", 1), ("seed", 0)):
+        for field, low in (("epochs", 1), ("seed", 0), ("prune_epochs", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidPruningArgumentError(f"{field}={value!r}: an integer >= {low}")
+        if self.prune_epochs > self.epochs:
+            raise InvalidPruningArgumentError(
+                f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
+                "within the fine-tuning epochs")
 
     @property
     def name(self) -> str:
         if self.method == "dense":
             return f"dense_s{self.seed}"
+        if self.method == "dense_ft":
+            return f"dense_ft_e{self.epochs}_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
+        pace = "" if self.method == "narrow" else f"_p{self.prune_epochs}"
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
-                f"_s{self.seed}")
+                f"{pace}_s{self.seed}")
 
 
 @keras.saving.register_keras_serializable(package="bench_quality")
@@ -201,9 +224,14 @@ def calibration_set(x_train: np.ndarray, y_train: np.ndarray, seed: int, count: 
 
 
 def make_pruning(spec: RunSpec, steps: int, calibration):
-    """The pruning callback of `spec`, its events within the first `steps` optimizer steps."""
-    gradual = tfprune.PolynomialDecay(begin_step=0, end_step=max(1, 2 * steps // 3),
-                                      frequency=max(1, steps // 3))
+    """The pruning callback of `spec`; `steps` is the number of optimizer steps of an epoch."""
+    half = max(1, steps // 2)
+    events = 2 * spec.prune_epochs
+    if spec.prune_epochs:
+        gradual = tfprune.PolynomialDecay(begin_step=0, end_step=(events - 1) * half,
+                                          frequency=half)
+    else:
+        gradual = tfprune.OneShot(0)
     cal = calibration[0][:CALIBRATION_IMAGES.get(spec.method, 0)], \
         calibration[1][:CALIBRATION_IMAGES.get(spec.method, 0)]
     common = {"granularity": spec.granularity, "seed": spec.seed,
@@ -213,22 +241,29 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         if spec.method == "magnitude":
             return tfprune.MagnitudePruning(target, gradual, "l1", allocation="global",
                                             verbose=0, **common)
-        return tfprune.RDPrune(target, cal, verbose=1, **common)
+        return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common)
     target = tfprune.Target(flops=spec.target)
-    if spec.method in ("l1", "random"):
-        return tfprune.MagnitudePruning(target, gradual, spec.method, verbose=0, **common)
-    if spec.method == "l1_uniform":
-        return tfprune.MagnitudePruning(target, gradual, "l1", allocation="uniform", verbose=0,
+    if spec.method in ("l1", "l1_uniform", "l1_normalized"):
+        allocation = {"l1": "global", "l1_uniform": "uniform",
+                      "l1_normalized": "normalized"}[spec.method]
+        return tfprune.MagnitudePruning(target, gradual, "l1", allocation=allocation, verbose=0,
                                         **common)
+    if spec.method == "random":
+        return tfprune.MagnitudePruning(target, gradual, "random", verbose=0, **common)
     if spec.method == "taylor":
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
                                         verbose=0, **common)
     if spec.method == "camp_hive":
         return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common)
     if spec.method == "sosp_h":
-        return tfprune.SOSPH(target, calibration_data=cal, verbose=1, seed=spec.seed,
-                             min_density=spec.min_density)
-    return tfprune.RDPrune(target, cal, verbose=1, **common)
+        return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
+                             seed=spec.seed, min_density=spec.min_density)
+    return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common)
+
+
+def _rounds(events: int, steps: int) -> dict:
+    """RDPrune's arguments for `events` rounds `steps` apart (one round for none)."""
+    return {"rounds": max(1, events), "round_steps": steps}
 
 
 def kept_channels(model) -> Dict[str, int]:
@@ -294,6 +329,12 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
     pruning = None
     if spec.method == "dense":
         small = dense
+    elif spec.method == "dense_ft":
+        small = dense
+        bc.fine_tune(dense, data, epochs=last, initial_epoch=first, seed=spec.seed,
+                     batch_size=batch_size, callbacks=[epoch_log], verbose=0)
+        row.update(epoch_log=epoch_log.epochs, run_wall_s=round(time.perf_counter() - t0, 1),
+                   run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1))
     elif spec.method == "narrow":
         # The same architecture made narrower, trained from scratch for 30 + epochs epochs.
         mult = bc.width_mult_for_flops(spec.target)
@@ -306,7 +347,8 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         lr = keras.optimizers.schedules.CosineDecay(bc.FINE_TUNE_LR,
                                                     decay_steps=spec.epochs * steps)
         pruning = make_pruning(spec, steps, calibration)
-        prune_epochs = last if spec.granularity == "weight" else first + 1
+        prune_epochs = last if spec.granularity == "weight" else \
+            first + max(1, spec.prune_epochs)
         bc.fine_tune(dense, data, epochs=prune_epochs, initial_epoch=first, seed=spec.seed,
                      lr=lr, batch_size=batch_size, callbacks=[pruning, epoch_log], verbose=0)
         row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
@@ -317,9 +359,12 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
             bc.fine_tune(small, data, epochs=last, initial_epoch=prune_epochs, seed=spec.seed,
                          lr=ContinuedSchedule(lr, steps), batch_size=batch_size,
                          callbacks=[epoch_log], verbose=0)
+        pruning_epochs = epoch_log.epochs[:prune_epochs - first]
         row.update(epoch_log=epoch_log.epochs,
                    prune_epoch_wall_s=epoch_log.epochs[0]["wall_s"],
                    prune_epoch_cpu_s=epoch_log.epochs[0]["cpu_s"],
+                   pruning_phase_wall_s=round(sum(e["wall_s"] for e in pruning_epochs), 1),
+                   pruning_phase_cpu_s=round(sum(e["cpu_s"] for e in pruning_epochs), 1),
                    run_wall_s=round(time.perf_counter() - t0, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1),
                    events=[e.step for e in pruning.events if e.skipped is None],
@@ -334,7 +379,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
                macs=profile.macs, flops_fraction=round(profile.macs / dense_macs, 4),
                kept_channels=kept_channels(small))
     folder = pathlib.Path(models_dir or model_dir(results))
-    if spec.method != "dense":
+    if spec.method not in ("dense", "dense_ft"):
         # Saved uncompiled, as `tfprune.strip` returns it: the fine-tuning optimizer's
         # schedule is this script's class, which a reader of the file should not need.
         plain = keras.Model.from_config(small.get_config())
@@ -446,7 +491,7 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (r["granularity"], -r["target"], order[r["method"]])):
         d = r.get("deployment", {})
-        target = "-" if r["method"] == "dense" else (
+        target = "-" if r["method"] in ("dense", "dense_ft") else (
             f"FLOPs {r['target']:g}" if r["granularity"] == "channel" else f"sparsity {r['target']:g}")
         lines.append(
             f"| {label(r)} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
@@ -492,8 +537,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"l1": "o", "l1_uniform": "h", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s",
-               "taylor": "^", "random": "v", "dense": "P", "narrow": "X"}
+    markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s",
+               "taylor": "^", "random": "v", "dense": "P", "dense_ft": "p", "narrow": "X"}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
     for name in dict.fromkeys(label(r) for r in channel):
@@ -563,16 +608,19 @@ def _save_figure(fig, path) -> pathlib.Path:
 
 def specs_from_args(args) -> List[RunSpec]:
     """The runs the command line asks for, in order."""
+    def spec(method, granularity, target):
+        if method == "dense":
+            return RunSpec(method, granularity, 1.0, 1, args.seed, prune_epochs=0)
+        return RunSpec(method, granularity, 1.0 if method == "dense_ft" else target,
+                       args.epochs, args.seed, args.min_density,
+                       0 if method in REFERENCE_METHODS else args.prune_epochs)
+
     if args.plan:
-        return [RunSpec(m, g, t, args.epochs if m != "dense" else 1, args.seed, args.min_density)
-                for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
+        return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
     methods = [m for m in args.method.split(",") if m]
     if args.sparsity is not None:
-        return [RunSpec(m, "weight", s, args.epochs, args.seed, args.min_density)
-                for s in args.sparsity for m in methods]
-    return [RunSpec(m, "channel", 1.0 if m == "dense" else f,
-                    1 if m == "dense" else args.epochs, args.seed, args.min_density)
-            for f in args.flops for m in methods]
+        return [spec(m, "weight", s) for s in args.sparsity for m in methods]
+    return [spec(m, "channel", f) for f in args.flops for m in methods]
 
 
 def main(argv=None):
@@ -584,6 +632,9 @@ def main(argv=None):
     parser.add_argument("--sparsity", type=float, nargs="+", default=None,
                         help="weight granularity at these sparsities instead of --flops")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
+    parser.add_argument("--prune-epochs", type=int, default=PRUNE_EPOCHS,
+                        help="the first epochs, during which the methods prune (0: once, "
+                             "before the first step)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-density", type=float, default=0.0,
                         help="fraction of every group's channels (kernel's weights) kept")

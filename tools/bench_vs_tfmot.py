@@ -1,12 +1,14 @@
 """tfprune against tfmot on the MLPerf Tiny ResNet-8, measured side by side (docs/BENCHMARKS.md).
 
 From the same dense ResNet-8 weights (`cache/resnet8_dense_seed0.keras`) and the same
-fine-tuning budget (5 epochs of `bench_common.fine_tune`'s recipe):
+fine-tuning budget (10 epochs of `bench_common.fine_tune`'s recipe, pruning during the first
+5, as `tools/bench_quality.py`):
 
-- **tfmot**: `prune_low_magnitude` + `ConstantSparsity` at each `--sparsity`, fine-tuned
-  while pruning, `strip_pruning` (`tools/tfmot_baseline.py`, run in `.venv-tfmot` as its own
-  process: tfmot needs legacy Keras). Its stripped weights are loaded into
-  `tfprune.zoo.resnet8()`.
+- **tfmot**: `prune_low_magnitude` at each `--sparsity`, ramped with tfmot's
+  `PolynomialDecay` over the first `--prune-epochs` epochs (every half epoch, as the quality
+  benchmark's events; 0: `ConstantSparsity` from step 0), fine-tuned while pruning,
+  `strip_pruning` (`tools/tfmot_baseline.py`, run in `.venv-tfmot` as its own process: tfmot
+  needs legacy Keras). Its stripped weights are loaded into `tfprune.zoo.resnet8()`.
 - **tfprune**: the stripped models of the quality benchmark (`tools/bench_quality.py`, e.g.
   CampHiVe at 50% and 25% of the FLOPs, `cache/quality/*.keras`), or any `--tfprune
   LABEL=PATH`.
@@ -26,8 +28,8 @@ row to `cache/results/vs_tfmot.json`.
     python tools/bench_vs_tfmot.py                 # needs the tfmot folders (or --run-tfmot)
     python tools/bench_vs_tfmot.py --report        # table and plot of the last run again
     python tools/bench_vs_tfmot.py --run-tfmot --sparsity 0.5 0.75 \\
-        --tfprune "CampHiVe 50% FLOPs=cache/quality/camp_hive_channel_flops0.5_e5_s0.keras" \\
-        --tfprune "CampHiVe 25% FLOPs=cache/quality/camp_hive_channel_flops0.25_e5_s0.keras"
+        --tfprune "CampHiVe 50% FLOPs=cache/quality/camp_hive_channel_flops0.5_e10_p5_s0.keras" \\
+        --tfprune "CampHiVe 25% FLOPs=cache/quality/camp_hive_channel_flops0.25_e10_p5_s0.keras"
 """
 
 from __future__ import annotations
@@ -48,8 +50,8 @@ import bench_common as bc
 
 TFMOT_PYTHON = bc.ROOT / ".venv-tfmot" / "bin" / "python"
 DEFAULT_TFPRUNE = (
-    ("tfprune CampHiVe 50% FLOPs", "quality/camp_hive_channel_flops0.5_e5_s0.keras"),
-    ("tfprune CampHiVe 25% FLOPs", "quality/camp_hive_channel_flops0.25_e5_s0.keras"),
+    ("tfprune CampHiVe 50% FLOPs", "quality/camp_hive_channel_flops0.5_e10_p5_s0.keras"),
+    ("tfprune CampHiVe 25% FLOPs", "quality/camp_hive_channel_flops0.25_e10_p5_s0.keras"),
 )
 DEFAULT_PLOT = bc.ROOT / "docs" / "img" / "vs_tfmot.png"
 # Columns of the table: (header, row key, format); `x` columns add the ratio to dense.
@@ -82,20 +84,23 @@ class Row:
     figures: Dict[str, object] = dataclasses.field(default_factory=dict)
 
 
-def tfmot_folder(sparsity: float, epochs: int, seed: int) -> pathlib.Path:
+def tfmot_folder(sparsity: float, epochs: int, seed: int, prune_epochs: int = 0
+                 ) -> pathlib.Path:
     """The output folder of `tfmot_baseline.py` for one run (as `make bench-tfmot` names it)."""
-    return bc.CACHE_DIR / "tfmot" / f"sparsity{sparsity:g}_e{epochs}_seed{seed}"
+    pace = f"_p{prune_epochs}" if prune_epochs else ""
+    return bc.CACHE_DIR / "tfmot" / f"sparsity{sparsity:g}_e{epochs}{pace}_seed{seed}"
 
 
-def run_tfmot(sparsity: float, epochs: int, seed: int, python=TFMOT_PYTHON) -> pathlib.Path:
+def run_tfmot(sparsity: float, epochs: int, seed: int, prune_epochs: int = 0,
+              python=TFMOT_PYTHON) -> pathlib.Path:
     """Runs `tfmot_baseline.py` in the tfmot environment (its own process) unless cached."""
-    folder = tfmot_folder(sparsity, epochs, seed)
+    folder = tfmot_folder(sparsity, epochs, seed, prune_epochs)
     if (folder / "result.json").is_file():
         return folder
     weights = bc.CACHE_DIR / f"resnet8_dense_seed{seed}_weights.npz"
     command = [str(python), str(bc.ROOT / "tools" / "tfmot_baseline.py"), "--weights",
                str(weights), "--sparsity", str(sparsity), "--epochs", str(epochs),
-               "--seed", str(seed), "--out", str(folder)]
+               "--prune-epochs", str(prune_epochs), "--seed", str(seed), "--out", str(folder)]
     print("running", " ".join(command), flush=True)
     subprocess.run(command, check=True, cwd=bc.ROOT)
     return folder
@@ -121,7 +126,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.75],
                    help="tfmot target sparsities (default 0.5 0.75)")
-    p.add_argument("--epochs", type=int, default=5, help="fine-tuning epochs of every pruned row")
+    p.add_argument("--epochs", type=int, default=10, help="fine-tuning epochs of every pruned row")
+    p.add_argument("--prune-epochs", type=int, default=5,
+                   help="tfmot ramps its sparsity over these first epochs (0: ConstantSparsity)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--run-tfmot", action="store_true",
                    help="run tfmot_baseline.py in .venv-tfmot for a sparsity with no cached folder")
@@ -151,6 +158,8 @@ def check_args(args) -> None:
     for name in ("epochs", "rounds", "runs"):
         if getattr(args, name) < 1:
             raise SystemExit(f"--{name} must be at least 1; got {getattr(args, name)}")
+    if not 0 <= args.prune_epochs <= args.epochs:
+        raise SystemExit(f"--prune-epochs must be in [0, --epochs]; got {args.prune_epochs}")
     if args.tfprune is None:
         args.tfprune = [(label, bc.CACHE_DIR / path) for label, path in DEFAULT_TFPRUNE]
     missing = [str(path) for _, path in args.tfprune if not path.is_file()]
@@ -158,12 +167,13 @@ def check_args(args) -> None:
         raise SystemExit(f"tfprune model(s) not found: {', '.join(missing)}; write them with "
                          "tools/bench_quality.py, or pass --tfprune LABEL=PATH")
     for s in args.sparsity:
-        folder = tfmot_folder(s, args.epochs, args.seed)
+        folder = tfmot_folder(s, args.epochs, args.seed, args.prune_epochs)
         if not args.run_tfmot and not (folder / "result.json").is_file():
             raise SystemExit(f"{folder} does not exist: pass --run-tfmot, or run "
                              f".venv-tfmot/bin/python tools/tfmot_baseline.py --weights "
                              f"cache/resnet8_dense_seed{args.seed}_weights.npz --sparsity {s} "
-                             f"--epochs {args.epochs} --seed {args.seed} --out {folder}")
+                             f"--epochs {args.epochs} --prune-epochs {args.prune_epochs} "
+                             f"--seed {args.seed} --out {folder}")
 
 
 def _ratio(value, dense) -> Optional[float]:
@@ -287,7 +297,7 @@ def main(argv=None) -> int:
         return 0
     check_args(args)
     started, cpu0 = time.perf_counter(), time.process_time()
-    folders = [run_tfmot(s, args.epochs, args.seed) for s in args.sparsity]
+    folders = [run_tfmot(s, args.epochs, args.seed, args.prune_epochs) for s in args.sparsity]
     data = bc.load_cifar10(args.data_dir)
     calibration = bc.representative_images(data[0][0], seed=args.seed)
     lossless = bc.datasets.load_cifar10_lossless_200(args.data_dir)

@@ -10,8 +10,10 @@ imports tfprune or Keras 3. It shares the protocol's data stream through `bench_
 - the decoded CIFAR-10 arrays `cache/cifar10_uint8.npz` (`bench_common.load_cifar10`).
 
 It rebuilds the same ResNet-8 in `tf_keras`, checks that it computes what the Keras 3 model
-computed on the check batch, prunes it with `ConstantSparsity(sparsity, begin_step=0)` while
-fine-tuning with the protocol's augmentation (`UpdatePruningStep`), strips the wrappers, and
+computed on the check batch, prunes it while fine-tuning with the protocol's augmentation
+(`UpdatePruningStep`), with `ConstantSparsity(sparsity, begin_step=0)` or, with
+`--prune-epochs P`, with the quality benchmark's ramp (`PolynomialDecay` from 0 to `sparsity`,
+power 3, every half epoch from step 0 to the middle of epoch P), strips the wrappers, and
 writes into `--out` (atomically: a temporary sibling folder renamed at the end):
 
 - `model_int8.tflite`: full-integer post-training quantization (200 training images as the
@@ -196,6 +198,9 @@ def build_parser():
                         "of bench_common.fine_tune)")
     p.add_argument("--frequency", type=int, default=100,
                    help="steps between mask updates (tfmot's ConstantSparsity default)")
+    p.add_argument("--prune-epochs", type=int, default=0,
+                   help="ramp the sparsity over these first epochs as tools/bench_quality.py "
+                        "does (PolynomialDecay, every half epoch); 0: ConstantSparsity")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=None,
                    help="train on this many training images only (quick checks, not the protocol)")
@@ -210,6 +215,8 @@ def main(argv=None):
         raise SystemExit(f"--sparsity must be in (0, 1); got {args.sparsity}")
     if args.epochs < 1:
         raise SystemExit(f"--epochs must be at least 1; got {args.epochs}")
+    if not 0 <= args.prune_epochs <= args.epochs:
+        raise SystemExit(f"--prune-epochs must be in [0, --epochs]; got {args.prune_epochs}")
     if args.train_limit is not None and args.train_limit < bp.PROTOCOL_BATCH:
         raise SystemExit(f"--train-limit must be at least one batch ({bp.PROTOCOL_BATCH}); "
                          f"got {args.train_limit}")
@@ -237,8 +244,17 @@ def main(argv=None):
     print(json.dumps({"dense_top1": dense_top1, "check_max_abs_diff": check_diff}), flush=True)
 
     steps = bp.steps_per_epoch(len(x_train))
-    pruned = wrap_prunable(model, tfmot.sparsity.keras.ConstantSparsity(
-        args.sparsity, begin_step=0, frequency=args.frequency))
+    if args.prune_epochs:
+        half = max(1, steps // 2)
+        pruning_schedule = tfmot.sparsity.keras.PolynomialDecay(
+            0.0, args.sparsity, begin_step=0, end_step=(2 * args.prune_epochs - 1) * half,
+            power=3, frequency=half)
+        method = f"tfmot prune_low_magnitude + PolynomialDecay over {args.prune_epochs} epochs"
+    else:
+        pruning_schedule = tfmot.sparsity.keras.ConstantSparsity(
+            args.sparsity, begin_step=0, frequency=args.frequency)
+        method = "tfmot prune_low_magnitude + ConstantSparsity"
+    pruned = wrap_prunable(model, pruning_schedule)
     schedule = keras.optimizers.schedules.CosineDecay(args.lr, decay_steps=args.epochs * steps)
     pruned.compile(optimizer=keras.optimizers.Adam(schedule),
                    loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
@@ -253,7 +269,7 @@ def main(argv=None):
     calibration = bp.representative_images(x_train, seed=args.seed)
     tflite = to_int8_tflite(stripped, calibration)
     result = {
-        "method": "tfmot prune_low_magnitude + ConstantSparsity",
+        "method": method, "prune_epochs": args.prune_epochs,
         "sparsity_target": args.sparsity, "sparsity_achieved": round(kernel_sparsity(stripped), 4),
         "epochs": args.epochs, "train_images": len(x_train), "lr": args.lr, "frequency": args.frequency, "seed": args.seed,
         "dense_top1": round(dense_top1, 2), "top1": round(top1(stripped, x_test, y_test), 2),

@@ -36,6 +36,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "rd_prune", "granularity": "weight", "target": 1.0}, "sparsity"),
     ({"method": "l1", "epochs": 0}, "epochs"),
     ({"method": "camp_hive", "min_density": 1.0}, "min_density"),
+    ({"method": "l1", "epochs": 4, "prune_epochs": 5}, "prune_epochs=5 > epochs=4"),
+    ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -48,8 +50,9 @@ def test_plans_cover_every_method_of_the_issue():
         assert (method, "channel", 0.25) in runs and (method, "channel", 0.5) in runs
     assert {("rd_prune", "weight", 0.9), ("magnitude", "weight", 0.9)} <= runs
     names = {bq.RunSpec("camp_hive", target=0.5).name, bq.RunSpec("camp_hive").name,
-             bq.RunSpec("camp_hive", min_density=0.25).name}
-    assert len(names) == 3
+             bq.RunSpec("camp_hive", min_density=0.25).name,
+             bq.RunSpec("camp_hive", prune_epochs=0).name}
+    assert len(names) == 4
 
 
 def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):
@@ -63,7 +66,7 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 128)
     data = ((x, y), (x[:64], y[:64]))
-    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2)
+    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2, prune_epochs=1)
     kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
                   deploy=False, batch_size=32, log=None)
     row = bq.run(spec, data, dense_path, **kwargs)
@@ -71,6 +74,7 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     saved = json.loads((tmp_path / "q.json").read_text())
     assert [r["run"] for r in saved] == [spec.name]
     assert [e["epoch"] for e in row["epoch_log"]] == [30, 31]
+    assert row["events"] == [0, 2]  # every half epoch (4 steps) of the one pruning epoch
     assert row["achieved"]["flops_kept"] <= 0.5
     small = keras.models.load_model(row["model_path"])
     assert tfprune.profile(small).macs == row["macs"]

@@ -68,10 +68,12 @@ def test_arguments(tmp_path, monkeypatch):
     bvt.check_args(args)
     assert args.tfprune == [("CampHiVe = 50%", model)] and args.sparsity == [0.5]
     assert bvt.tfmot_folder(0.5, 5, 0) == tmp_path / "tfmot" / "sparsity0.5_e5_seed0"
+    assert bvt.tfmot_folder(0.5, 10, 0, 5) == tmp_path / "tfmot" / "sparsity0.5_e10_p5_seed0"
     with pytest.raises(SystemExit):
         bvt.build_parser().parse_args(["--tfprune", "no-label-here"])
     for argv, message in ((["--sparsity", "1.5"], "--sparsity"),
                           (["--rounds", "0"], "--rounds"),
+                          (["--prune-epochs", "11"], "--prune-epochs"),
                           ([], "not found"),
                           (["--tfprune", f"a={tmp_path / 'none.keras'}"], "not found"),
                           (["--tfprune", f"a={model}"], "--run-tfmot")):
