@@ -80,8 +80,7 @@ def main(argv=None):
         tfprune.PolynomialDecay(begin_step=model.optimizer.iterations.numpy(),
                                 end_step=model.optimizer.iterations.numpy()
                                 + max(1, steps * args.prune_epochs // 2), frequency=steps),
-        calibration_data=(x[:256], y[:256]), beta=0.5, min_density=0.25, verbose=0,
-        seed=args.seed)
+        calibration_data=(x[:256], y[:256]), min_density=0.25, verbose=0, seed=args.seed)
     model.fit(x, y, batch_size=batch, epochs=args.epochs + args.prune_epochs,
               initial_epoch=args.epochs, verbose=0, callbacks=[pruning])
     pruned_accuracy = model.evaluate(x_test, y_test, verbose=0)[1]
