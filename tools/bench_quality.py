@@ -537,18 +537,29 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*", "sosp_h": "D", "rd_prune": "s",
-               "taylor": "^", "random": "v", "dense": "P", "dense_ft": "p", "narrow": "X"}
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*",
+               "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
+               "dense_ft": "p", "narrow": "X"}
+    fig, ax = plt.subplots(figsize=(8, 5.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
+    references = list(PROTOCOL_REFERENCE) + tfmot_references()
+    # A collapsed run (tens of points below the others) would squash the rest: the axis
+    # starts below the others and such runs are named at its bottom edge.
+    tops = [r["top1"] for r in channel] + [ref["top1"] for ref in references]
+    middle = float(np.median(tops)) if tops else 0.0
+    floor = min([t for t in tops if t >= middle - 20] or [0.0]) - 3
     for name in dict.fromkeys(label(r) for r in channel):
         mine = [r for r in channel if label(r) == name]
         pts = sorted((r["flops_fraction"], r["top1"]) for r in mine)
         marker = markers[mine[0]["method"]]
-        ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
-                mfc="none" if mine[0].get("min_density") else None,
-                linestyle="-" if len(pts) > 1 else "none", label=name)
-    references = list(PROTOCOL_REFERENCE) + tfmot_references()
+        line, = ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
+                        mfc="none" if mine[0].get("min_density") else None,
+                        linestyle="-" if len(pts) > 1 else "none", label=name)
+        for x, top1 in pts:
+            if top1 < floor:
+                ax.annotate(f"{name}: {top1:.1f}% (below)", (x, floor), xytext=(x + 0.03,
+                            floor + 2.5), fontsize=7, color=line.get_color(),
+                            arrowprops={"arrowstyle": "->", "color": line.get_color()})
     for ref in references:
         mine = "protocol" not in ref["label"]
         ax.plot(ref["flops_fraction"], ref["top1"], marker="s" if mine else "o", markersize=7,
@@ -557,6 +568,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
         ax.annotate(ref["label"], (ref["flops_fraction"], ref["top1"]), fontsize=7,
                     color="gray", xytext=(-6 if right else 6, -3), textcoords="offset points",
                     ha="right" if right else "left")
+    if any(t < floor for t in tops):
+        ax.set_ylim(bottom=floor)
     ax.set_xlabel("FLOPs kept (fraction of the dense ResNet-8)")
     ax.set_ylabel("float top-1 on the 10k CIFAR-10 test images (%)")
     ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (seed 0)")
