@@ -532,7 +532,7 @@ def tfmot_references() -> List[dict]:
 
 
 def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
-    """Float top-1 against the FLOPs fraction: one marker per method, references beside."""
+    """Float top-1 against the FLOPs fraction (seed 0): one marker per method, references beside."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -541,7 +541,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
                "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
                "dense_ft": "p", "narrow": "X"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
+    channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers
+               and r.get("seed", 0) == 0]
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
     # A collapsed run (tens of points below the others) would squash the rest: the axis
     # starts below the others and such runs are named at its bottom edge.
@@ -588,7 +589,7 @@ def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> path
     dense = next(r for r in rows if r["method"] == "dense")
     groups = list(dense["kept_channels"])
     chosen = [r for r in rows if r["granularity"] == "channel" and r["target"] == target
-              and r["method"] in CHANNEL_METHODS + ("narrow",)]
+              and r["method"] in CHANNEL_METHODS + ("narrow",) and r.get("seed", 0) == 0]
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(groups))
     ax.bar(x, [dense["kept_channels"][g] for g in groups], 0.9, color="none", edgecolor="gray",

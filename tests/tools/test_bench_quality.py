@@ -87,3 +87,30 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     dense_path.unlink()
     assert bq.run(spec, data, dense_path, **kwargs) == saved[0]
     assert len(json.loads((tmp_path / "q.json").read_text())) == 1
+
+
+def _row(method, target, top1, kept, seed=0, **extra):
+    spec = bq.RunSpec(method, "channel", target, 1 if method == "dense" else 10, seed,
+                      prune_epochs=0 if method in bq.REFERENCE_METHODS else 5)
+    return {"run": spec.name, "method": method, "granularity": "channel", "target": target,
+            "seed": seed, "flops_fraction": target, "top1": top1, "params": 100,
+            "macs": int(target * 1e6), "kept_channels": kept,
+            "deployment": {"int8_bytes": int(1000 * target), "arena_bytes": 500},
+            **extra}
+
+
+def test_report_table_and_plots(tmp_path, monkeypatch):
+    monkeypatch.setattr(bq.bc, "CACHE_DIR", tmp_path)   # no tfmot runs to draw
+    rows = [_row("dense", 1.0, 80.0, {"a": 16, "b": 32}),
+            _row("camp_hive", 0.25, 72.0, {"a": 8, "b": 20}),
+            _row("l1", 0.25, 23.0, {"a": 15, "b": 1}),
+            _row("camp_hive", 0.25, 71.0, {"a": 9, "b": 19}, seed=1)]
+    table = bq.report_table(rows).splitlines()
+    assert len(table) == 2 + len(rows)
+    assert any("`camp_hive_channel_flops0.25_e10_p5_s1`" in line and "71.00" in line
+               for line in table)
+    assert any("L1 magnitude (global)" in line and "(25%)" in line for line in table)
+    flops = bq.plot_accuracy_flops(rows, tmp_path / "a.png")
+    kept = bq.plot_kept_channels(rows, tmp_path / "k.png")
+    for path in (flops, kept):
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
