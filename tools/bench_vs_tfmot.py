@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -234,9 +234,19 @@ def apply_times(rows: Sequence[Row], times: Dict[str, Dict[str, List[float]]]) -
                     v / d for v, d in zip(values, times[dense.label][key]))
 
 
-def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
+def budget_text(epochs: Optional[int], prune_epochs: Optional[int] = None) -> str:
+    """The fine-tuning budget as the plot's title states it."""
+    if epochs is None:
+        return "the same fine-tuning budget each"
+    text = f"{epochs} fine-tuning epochs each"
+    return text + (f", pruning in the first {prune_epochs}" if prune_epochs else "")
+
+
+def plot(rows: Sequence[Row], path: pathlib.Path, budget: str = "the same fine-tuning budget each"
+         ) -> pathlib.Path:
     """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time
-    relative to dense (the median of the per-round ratios; dense at 1)."""
+    relative to dense (the median of the per-round ratios; dense at 1); `budget` ends the
+    title (`budget_text`)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -259,7 +269,7 @@ def plot(rows: Sequence[Row], path: pathlib.Path) -> pathlib.Path:
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("TFLite Micro int8 top-1 (%)")
     fig.suptitle("ResNet-8, CIFAR-10 (200 lossless test images): tfprune (channels removed) "
-                 "vs tfmot (weights zeroed), 5 fine-tuning epochs each", fontsize=10)
+                 f"vs tfmot (weights zeroed), {budget}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
@@ -280,20 +290,22 @@ def measure(row: Row, model, data, calibration, lossless, export_dir: pathlib.Pa
     return (export_dir / tag / "model_int8.tflite").read_bytes()
 
 
-def last_recorded(results: str) -> List[Row]:
-    """The rows of the last run recorded in `cache/results/<results>.json`."""
+def last_recorded(results: str) -> Tuple[List[Row], str]:
+    """The rows of the last run recorded in `cache/results/<results>.json`, and its budget."""
     path = bc.CACHE_DIR / "results" / f"{results}.json"
     if not path.is_file():
         raise SystemExit(f"{path} does not exist: run tools/bench_vs_tfmot.py first")
-    return [Row(**r) for r in json.loads(path.read_text())[-1]["rows"]]
+    record = json.loads(path.read_text())[-1]
+    return ([Row(**r) for r in record["rows"]],
+            budget_text(record.get("epochs"), record.get("prune_epochs")))
 
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.report:
-        rows = last_recorded(args.results)
+        rows, budget = last_recorded(args.results)
         print(table(rows))
-        print(plot(rows, args.plot))
+        print(plot(rows, args.plot, budget))
         return 0
     check_args(args)
     started, cpu0 = time.perf_counter(), time.process_time()
@@ -325,10 +337,11 @@ def main(argv=None) -> int:
 
     text = table(rows)
     print(text)
-    print(plot(rows, args.plot))
+    print(plot(rows, args.plot, budget_text(args.epochs, args.prune_epochs)))
     bc.append_result(args.results, {
         "rows": [dataclasses.asdict(r) for r in rows], "table": text,
-        "rounds": args.rounds, "runs": args.runs, "epochs": args.epochs, "seed": args.seed,
+        "rounds": args.rounds, "runs": args.runs, "epochs": args.epochs,
+        "prune_epochs": args.prune_epochs, "seed": args.seed,
         "wall_s": round(time.perf_counter() - started, 1),
         "cpu_s": round(time.process_time() - cpu0, 1), "machine": bc.machine_info()})
     return 0

@@ -105,3 +105,9 @@ def test_never_imports_tfmot_in_the_main_environment():
     imported |= {n.module.split(".")[0] for n in ast.walk(tree)
                  if isinstance(n, ast.ImportFrom) and n.module}
     assert not imported & {"tensorflow_model_optimization", "tf_keras"}, imported
+
+
+def test_the_plot_title_states_the_recorded_budget():
+    assert bvt.budget_text(10, 5) == "10 fine-tuning epochs each, pruning in the first 5"
+    assert bvt.budget_text(5) == "5 fine-tuning epochs each"
+    assert bvt.budget_text(None) == "the same fine-tuning budget each"   # older records
