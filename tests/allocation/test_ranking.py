@@ -160,3 +160,17 @@ def test_normalized_scores_rise_as_a_pool_loses_units():
     assert allocation.ranking.normalized(problem, None) is problem
     with pytest.raises(InvalidPruningArgumentError, match="normalize='max'.*'mean'"):
         GlobalRanking(normalize="max")
+
+
+def test_normalized_keeps_infinite_scores_infinite_and_ranks_them_last():
+    # A criterion marks units it keeps with an infinite score (bn_scale without BatchNorm):
+    # normalising must neither turn them into NaN (inf / inf) nor into removable zeros.
+    kept = Pool("kept", [np.inf] * 3, np.zeros(3, bool), 2)
+    mixed = Pool("mixed", [1.0, 3.0, np.inf], np.zeros(3, bool), 2)
+    problem = AllocationProblem([kept, mixed], lambda c: c.sum() >= 2)
+    with np.errstate(all="raise"):
+        out = allocation.ranking.normalized(problem, "mean")
+    assert out.pools[0].scores.tolist() == [np.inf] * 3
+    assert out.pools[1].scores.tolist() == [0.5, 1.5, np.inf]    # mean of the finite ones: 2
+    removed = GlobalRanking(normalize="mean")(problem)
+    assert [r.tolist() for r in removed] == [[False] * 3, [True, True, False]]

@@ -123,14 +123,17 @@ def normalized(problem: AllocationProblem, normalize: Optional[str]) -> Allocati
     Removed units count in the mean with their current score, which is zero for a channel
     whose weights are zero under the magnitude and saliency criteria: as a pool loses units,
     its mean falls and the units it keeps rank higher. A pool whose scores are all zero keeps
-    zeros. `normalize=None` returns `problem` itself.
+    zeros. An infinite score (a unit a criterion keeps, e.g. `bn_scale` without a
+    BatchNormalization) stays infinite and the mean is taken over the finite scores.
+    `normalize=None` returns `problem` itself.
     """
     if check_normalize(normalize) is None:
         return problem
     pools = []
     for p in problem.pools:
-        mean = float(np.mean(p.scores)) if p.scores.size else 0.0
-        scores = p.scores / mean if mean > 0 else np.zeros_like(p.scores)
+        finite = np.isfinite(p.scores)
+        mean = float(np.mean(p.scores[finite])) if finite.any() else 0.0
+        scores = np.where(finite, p.scores / mean if mean > 0 else 0.0, p.scores)
         pools.append(Pool(p.name, scores, p.removed, p.max_removed))
     return AllocationProblem(pools, problem.meets, problem.unit_costs)
 
