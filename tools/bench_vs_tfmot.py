@@ -242,8 +242,7 @@ def budget_text(epochs: Optional[int], prune_epochs: Optional[int] = None) -> st
     return text + (f", pruning in the first {prune_epochs}" if prune_epochs else "")
 
 
-def plot(rows: Sequence[Row], path: pathlib.Path, budget: str = "the same fine-tuning budget each"
-         ) -> pathlib.Path:
+def plot(rows: Sequence[Row], path: pathlib.Path, budget: Optional[str] = None) -> pathlib.Path:
     """TFLite Micro int8 top-1 against .tflite bytes and against TFLite Micro CPU time
     relative to dense (the median of the per-round ratios; dense at 1); `budget` ends the
     title (`budget_text`)."""
@@ -269,7 +268,7 @@ def plot(rows: Sequence[Row], path: pathlib.Path, budget: str = "the same fine-t
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("TFLite Micro int8 top-1 (%)")
     fig.suptitle("ResNet-8, CIFAR-10 (200 lossless test images): tfprune (channels removed) "
-                 f"vs tfmot (weights zeroed), {budget}", fontsize=10)
+                 f"vs tfmot (weights zeroed), {budget or budget_text(None)}", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
