@@ -33,7 +33,7 @@ from tfprune import curvature  # noqa: E402,F401
 from tfprune import allocation, criteria  # noqa: E402,F401
 from tfprune.keras import (ConstantSparsity, MagnitudePruning, OneShot,  # noqa: E402,F401
                            PolynomialDecay, PruningCallback, PruningSummaries, PruningWrapper,
-                           Target, prunable, strip)
+                           Target, prunable, recalibrate_batchnorm, strip)
 
 # --- methods -----------------------------------------------------------------------------
 from tfprune.keras.camp_hive import CampHiVe  # noqa: E402,F401

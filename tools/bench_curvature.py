@@ -58,6 +58,45 @@ MODELS = {
 DEVICE = "CPU:0"
 
 
+def multiply_add_model(model, vectors: int = 8) -> dict:
+    """The convolution and dense multiply-adds of each computation, over a gradient's.
+
+    A gradient runs each layer forward (`M_l` multiply-adds), then its input adjoint
+    (`W^T g`, skipped for layers fed by the model's input) and its weight gradient (`g x`):
+    `3 M - M_1`, `M_1` the layers fed by the input. An exact Hessian-vector product needs, on
+    top of the primal forward pass and primal input adjoints, the tangent forward `V x + W dx`,
+    the tangent input adjoint `V^T g + W^T dg` and the tangent weight gradient
+    `dg x + g dx` (`dx = 0` at the input), and not the primal weight gradient:
+    `8 M - 5 M_1`. With `k` vectors in one pass the primal passes are shared:
+    `2 M - M_1 + k (6 M - 4 M_1)`. The Gauss-Newton product is a forward tangent pass and
+    one reverse pass from the output: `5 M - 2 M_1`. Elementwise layers (BatchNorm in
+    inference mode, activations, adds, pooling) are not counted. These are lower bounds of
+    any implementation built from the same convolutions; they say what ratio the arithmetic
+    alone allows.
+    """
+    import tfprune
+    rows = tfprune.profile(model).layers
+    total = sum(r.macs for r in rows)
+    # Layers whose inputs depend on no weight (the input, rescaled or not): no input adjoint.
+    fed, dependent = set(), set()
+    flat = lambda t: list(t) if isinstance(t, (list, tuple)) else [t]  # noqa: E731
+    for layer in model.layers:                      # topological order
+        inputs = flat(layer.input) if layer._inbound_nodes else []
+        upstream = any(id(t) in dependent for t in inputs)
+        if layer.trainable_weights and not upstream:
+            fed.add(layer.name)
+        if upstream or layer.trainable_weights:
+            dependent.update(id(t) for t in flat(layer.output))
+    first = sum(r.macs for r in rows if r.path in fed)
+    gradient = 3 * total - first
+    return {"macs": total, "macs_input_layers": first,
+            "hvp": (8 * total - 5 * first) / gradient,
+            f"hvp_{vectors}_vectors_per_vector":
+                (2 * total - first + vectors * (6 * total - 4 * first)) / vectors / gradient,
+            "hvp_many_vectors_limit": (6 * total - 4 * first) / gradient,
+            "gauss_newton": (5 * total - 2 * first) / gradient}
+
+
 def peak_tensor_bytes(fn) -> int:
     """Peak bytes of tensors allocated by TensorFlow during `fn()`, above the level before it."""
     tf.config.experimental.reset_memory_stats(DEVICE)
@@ -179,6 +218,7 @@ def measure(model_name, repeats, jit_modes, seed):
                 "ratio_cpu": cpu / per_call.get(name, 1) / base_cpu,
                 "first_call_s": r["first_s"], "first_call_cpu_s": r["first_cpu_s"],
                 "peak_added_mb": r["peak_mb"]}
+    result["multiply_adds"] = multiply_add_model(model)
     result["power_iteration_20x512"] = power_timings(model, loss, x, y, seed)
     return result
 
@@ -215,6 +255,12 @@ def print_table(result):
         per = f" (/{r['per']})" if r["per"] > 1 else ""
         print(f"| {name}{per} | {r['wall_ms']:.0f} | {r['cpu_ms']:.0f} | {r['ratio_wall']:.2f}x | "
               f"{r['ratio_cpu']:.2f}x | {r['first_call_s']:.1f} | {r['peak_added_mb']:.0f} |")
+    m = result.get("multiply_adds")
+    if m:
+        print(f"multiply-adds over a gradient's (the arithmetic's floor): exact HVP "
+              f"{m['hvp']:.2f}x, 8 vectors per pass {m['hvp_8_vectors_per_vector']:.2f}x per "
+              f"vector (many: {m['hvp_many_vectors_limit']:.2f}x), Gauss-Newton "
+              f"{m['gauss_newton']:.2f}x")
     for name, r in result["power_iteration_20x512"].items():
         print(f"20 power iterations over 512 samples, {name}: {r['wall_s']:.1f} s wall, "
               f"{r['cpu_s']:.1f} s CPU")

@@ -27,6 +27,11 @@ deployment_figures` (int8 TFLite Micro top-1 on the lossless 200, int8 bytes, ar
 Micro time), params, MACs, the achieved FLOPs fraction, the channels each group keeps, the
 wall and CPU seconds of the pruning epoch and of the whole run, the seed and the machine.
 
+Every final model (dense and narrow included) then has its BatchNormalization statistics
+re-estimated on 10,000 clean training images (`tfprune.recalibrate_batchnorm`, batches of
+250, a seeded draw; `--recalibrate 0` skips it): `top1` is measured after it and
+`top1_as_trained` before, and the deployment figures are those of the recalibrated model.
+
 Calibration data (training images, no augmentation, one seeded draw): 128 images for
 CAMP-HiVe (its benchmark setting, `tools/bench_camp_hive_cost.py`), 1,024 for SOSP-H, RDPrune
 and Taylor (their documented sizes).
@@ -79,6 +84,10 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "narrow": "narrow from scratch"}
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
 DEFAULT_EPOCHS = 10
+#: Clean training images, and images per batch, of the BatchNorm statistics re-estimated at
+#: the end of every run (`tfprune.recalibrate_batchnorm`; `--recalibrate 0` skips it).
+RECALIBRATION_IMAGES = 10_000
+RECALIBRATION_BATCH = 250
 #: Epochs (at the start of the fine-tuning) over which the methods prune.
 PRUNE_EPOCHS = 5
 
@@ -223,6 +232,13 @@ def calibration_set(x_train: np.ndarray, y_train: np.ndarray, seed: int, count: 
     return x_train[np.sort(order)].astype("float32"), np.asarray(y_train[np.sort(order)])
 
 
+def recalibration_images(x_train: np.ndarray, seed: int, count: int) -> np.ndarray:
+    """`count` training images (float32, no augmentation), a seeded draw, for the BatchNorm
+    statistics."""
+    order = np.random.default_rng(seed + 2000).permutation(len(x_train))[:count]
+    return x_train[np.sort(order)].astype("float32")
+
+
 def make_pruning(spec: RunSpec, steps: int, calibration):
     """The pruning callback of `spec`; `steps` is the number of optimizer steps of an epoch."""
     half = max(1, steps // 2)
@@ -286,7 +302,8 @@ def model_dir(results: str) -> pathlib.Path:
 
 def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_dir=None,
         models_dir=None, eval_data=None, deploy: bool = True,
-        batch_size: int = bc.PROTOCOL_BATCH, log=sys.stdout) -> dict:
+        batch_size: int = bc.PROTOCOL_BATCH, recalibrate: int = RECALIBRATION_IMAGES,
+        log=sys.stdout) -> dict:
     """Prunes and fine-tunes (or trains, for `narrow`) one run; records and returns its row.
 
     A run whose row is already in `<results>.json` is not run again: its row is returned.
@@ -301,6 +318,9 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         eval_data: labelled data for int8 top-1 (the lossless 200), or None.
         deploy: measure the deployment figures (`bench_common.deployment_figures`).
         batch_size: images per step.
+        recalibrate: clean training images on which every BatchNormalization layer's
+            statistics are re-estimated at the end (0: none); `top1` is then measured after,
+            `top1_as_trained` before.
         log: where progress lines go.
 
     Returns:
@@ -374,8 +394,21 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         if records:
             row["event_seconds"] = [{k: round(float(v), 2) for k, v in r.seconds.items()}
                                     for r in records]
+    top1 = round(bc.evaluate(small, x_test, y_test), 2)
+    if recalibrate:
+        # The protocol's last step for every run, dense included: BatchNorm statistics
+        # re-estimated on clean training images (`tfprune.recalibrate_batchnorm`).
+        t1 = time.perf_counter()
+        tfprune.recalibrate_batchnorm(small, recalibration_images(x_train, spec.seed,
+                                                                  recalibrate),
+                                      batch_size=RECALIBRATION_BATCH, verbose=0)
+        row.update(top1_as_trained=top1,
+                   bn_recalibration={"images": min(recalibrate, len(x_train)),
+                                     "batch_size": RECALIBRATION_BATCH,
+                                     "wall_s": round(time.perf_counter() - t1, 1)})
+        top1 = round(bc.evaluate(small, x_test, y_test), 2)
     profile = tfprune.profile(small)
-    row.update(top1=round(bc.evaluate(small, x_test, y_test), 2), params=profile.params,
+    row.update(top1=top1, params=profile.params,
                macs=profile.macs, flops_fraction=round(profile.macs / dense_macs, 4),
                kept_channels=kept_channels(small))
     folder = pathlib.Path(models_dir or model_dir(results))
@@ -656,6 +689,10 @@ def main(argv=None):
                         help="train on this many training images (a seeded subset; dry runs)")
     parser.add_argument("--results", default="quality", help="results file stem")
     parser.add_argument("--no-deploy", action="store_true")
+    parser.add_argument("--recalibrate", type=int, default=RECALIBRATION_IMAGES,
+                        metavar="IMAGES",
+                        help="re-estimate the BatchNorm statistics of every final model on "
+                             "this many clean training images (0: keep them as trained)")
     parser.add_argument("--report", action="store_true", help="print the table, write the plots")
     parser.add_argument("--latency", type=int, default=0, metavar="ROUNDS",
                         help="time every recorded int8 model (and tfmot's) side by side in "
@@ -698,7 +735,7 @@ def main(argv=None):
     rows = []
     for spec in specs:
         rows.append(run(spec, data, dense_path, results=args.results, eval_data=eval_data,
-                        deploy=not args.no_deploy))
+                        deploy=not args.no_deploy, recalibrate=args.recalibrate))
     return rows
 
 

@@ -81,7 +81,14 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     assert row["flops_fraction"] == pytest.approx(row["achieved"]["flops_kept"], abs=1e-3)
     widths = bq.kept_channels(keras.models.load_model(dense_path))
     assert sum(row["kept_channels"].values()) < sum(widths.values())
-    assert 0 <= row["top1"] <= 100
+    assert 0 <= row["top1"] <= 100 and 0 <= row["top1_as_trained"] <= 100
+    assert row["bn_recalibration"]["images"] == 128     # all of them (fewer than 10,000)
+    # The saved model carries the recalibrated statistics: recalibrating again changes nothing.
+    again = tfprune.recalibrate_batchnorm(
+        keras.models.load_model(row["model_path"]),
+        bq.recalibration_images(x, spec.seed, 128), batch_size=bq.RECALIBRATION_BATCH, verbose=0)
+    for a, b in zip(small.weights, again.weights):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-5)
 
     # Done runs are not run again (the dense model is not even read).
     dense_path.unlink()
