@@ -49,6 +49,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import json
 import os
@@ -82,6 +83,8 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
           "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
           "narrow": "narrow from scratch"}
+#: Methods whose constructor takes `RunSpec.options` (`--options`).
+OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune")
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
 DEFAULT_EPOCHS = 10
 #: Clean training images, and images per batch, of the BatchNorm statistics re-estimated at
@@ -123,6 +126,8 @@ class RunSpec:
         min_density: fraction of every group's channels (kernel's weights) kept.
         prune_epochs: the first epochs, during which the methods prune (0: once, before
             the first step); at most `epochs`.
+        options: keyword arguments of the method (`OPTION_METHODS`), `"name=value,..."`;
+            they are part of the run's name.
 
     Example:
 
@@ -139,6 +144,21 @@ class RunSpec:
     seed: int = 0
     min_density: float = 0.0
     prune_epochs: int = PRUNE_EPOCHS
+    options: str = ""
+
+    def keyword_arguments(self) -> dict:
+        """`options` (`"merge=False,hutchinson_samples=32"`) as the method's keyword arguments."""
+        out = {}
+        for item in filter(None, (p.strip() for p in self.options.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep or not key.strip().isidentifier():
+                raise InvalidPruningArgumentError(
+                    f"options={self.options!r}: expected comma-separated name=value pairs")
+            try:
+                out[key.strip()] = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                out[key.strip()] = value.strip()
+        return out
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -167,6 +187,10 @@ class RunSpec:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidPruningArgumentError(f"{field}={value!r}: an integer >= {low}")
+        if self.options and self.method not in OPTION_METHODS:
+            raise InvalidPruningArgumentError(
+                f"options={self.options!r}: only {', '.join(OPTION_METHODS)} take options")
+        self.keyword_arguments()
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -181,8 +205,9 @@ class RunSpec:
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
         pace = "" if self.method == "narrow" else f"_p{self.prune_epochs}"
+        extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
-                f"{pace}_s{self.seed}")
+                f"{pace}{extra}_s{self.seed}")
 
 
 @keras.saving.register_keras_serializable(package="bench_quality")
@@ -252,12 +277,14 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         calibration[1][:CALIBRATION_IMAGES.get(spec.method, 0)]
     common = {"granularity": spec.granularity, "seed": spec.seed,
               "min_density": spec.min_density}
+    options = spec.keyword_arguments()
     if spec.granularity == "weight":
         target = tfprune.Target(sparsity=spec.target)
         if spec.method == "magnitude":
             return tfprune.MagnitudePruning(target, gradual, "l1", allocation="global",
                                             verbose=0, **common)
-        return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common)
+        return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common,
+                               **options)
     target = tfprune.Target(flops=spec.target)
     if spec.method in ("l1", "l1_uniform", "l1_normalized"):
         allocation = {"l1": "global", "l1_uniform": "uniform",
@@ -270,11 +297,12 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
                                         verbose=0, **common)
     if spec.method == "camp_hive":
-        return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common)
+        return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common,
+                                **options)
     if spec.method == "sosp_h":
         return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
-                             seed=spec.seed, min_density=spec.min_density)
-    return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common)
+                             seed=spec.seed, min_density=spec.min_density, **options)
+    return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common, **options)
 
 
 def _rounds(events: int, steps: int) -> dict:
@@ -660,7 +688,8 @@ def specs_from_args(args) -> List[RunSpec]:
             return RunSpec(method, granularity, 1.0, 1, args.seed, prune_epochs=0)
         return RunSpec(method, granularity, 1.0 if method == "dense_ft" else target,
                        args.epochs, args.seed, args.min_density,
-                       0 if method in REFERENCE_METHODS else args.prune_epochs)
+                       0 if method in REFERENCE_METHODS else args.prune_epochs,
+                       args.options if method in OPTION_METHODS else "")
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -688,6 +717,9 @@ def main(argv=None):
     parser.add_argument("--images", type=int, default=None,
                         help="train on this many training images (a seeded subset; dry runs)")
     parser.add_argument("--results", default="quality", help="results file stem")
+    parser.add_argument("--options", default="",
+                        help="keyword arguments of " + ", ".join(OPTION_METHODS) + ", e.g. "
+                             "'merge=False,hutchinson_samples=32' (part of the run's name)")
     parser.add_argument("--no-deploy", action="store_true")
     parser.add_argument("--recalibrate", type=int, default=RECALIBRATION_IMAGES,
                         metavar="IMAGES",

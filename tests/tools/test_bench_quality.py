@@ -38,6 +38,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "camp_hive", "min_density": 1.0}, "min_density"),
     ({"method": "l1", "epochs": 4, "prune_epochs": 5}, "prune_epochs=5 > epochs=4"),
     ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
+    ({"method": "l1", "options": "merge=False"}, "only camp_hive"),
+    ({"method": "camp_hive", "options": "merge"}, "name=value"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -53,6 +55,11 @@ def test_plans_cover_every_method_of_the_issue():
              bq.RunSpec("camp_hive", min_density=0.25).name,
              bq.RunSpec("camp_hive", prune_epochs=0).name}
     assert len(names) == 4
+    spec = bq.RunSpec("camp_hive", options="merge=False, hutchinson_samples=32")
+    assert spec.keyword_arguments() == {"merge": False, "hutchinson_samples": 32}
+    assert spec.name == "camp_hive_channel_flops0.25_e10_p5_hutchinson_samples32_mergeFalse_s0"
+    pruning = bq.make_pruning(spec, 10, (np.zeros((4, 8, 8, 3)), np.zeros(4)))
+    assert pruning.merge is False and pruning.criterion.hutchinson_samples == 32
 
 
 def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):

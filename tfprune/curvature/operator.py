@@ -152,16 +152,17 @@ class CurvatureOperator:
         if not np.isfinite(loss):
             raise NonFiniteError(f"the loss ({self.loss.name}) of model {self.view.model_name!r} "
                                  f"is {loss} on the curvature data")
+        values, finite = _mean_and_check(list(sums), tf.constant(count, sums[0].dtype))
+        finite = finite.numpy()                 # one transfer for every weight's check
         results, k = [], 0
         for block in blocks:
             result = []
             for i in block:
-                value = sums[k] / count
-                k += 1
-                if not bool(tf.reduce_all(tf.math.is_finite(value))):
+                if not finite[k]:
                     raise NonFiniteError(f"the {self._kind_name()} product is not finite (NaN or "
                                          f"inf) for weight {self.names[i]}")
-                result.append(value)
+                result.append(values[k])
+                k += 1
             results.append(result)
         return results
 
@@ -277,6 +278,13 @@ class CurvatureOperator:
                                       unconnected_gradients=_ZERO))
             loss = loss_sum(out) if loss is None else loss
         return loss, sums
+
+
+@tf.function(reduce_retracing=True)
+def _mean_and_check(sums, count):
+    """`sums / count` and, per tensor, whether every entry is finite (one compiled call)."""
+    values = [t / count for t in sums]
+    return values, tf.stack([tf.reduce_all(tf.math.is_finite(t)) for t in values])
 
 
 _OPERATORS = weakref.WeakKeyDictionary()
