@@ -39,7 +39,7 @@ def _batches(data, batch_size: int, steps: Optional[int]):
                 if steps is not None and i >= steps:
                     return
                 yield batch[0] if isinstance(batch, (tuple, list)) else batch
-        return inputs(), None
+        return inputs()
     x = data[0] if isinstance(data, (tuple, list)) else data
     if isinstance(x, (tuple, list, dict)) or not hasattr(x, "shape") or len(x.shape) < 1:
         raise DataError(
@@ -50,7 +50,7 @@ def _batches(data, batch_size: int, steps: Optional[int]):
         raise DataError("recalibrate_batchnorm(data=...): the data holds no samples")
     total = -(-count // batch_size)
     total = total if steps is None else min(total, steps)
-    return (x[i * batch_size:(i + 1) * batch_size] for i in range(total)), total
+    return (x[i * batch_size:(i + 1) * batch_size] for i in range(total))
 
 
 @contextlib.contextmanager
@@ -143,7 +143,7 @@ def recalibrate_batchnorm(model, data, *, batch_size: int = 128, steps: Optional
             f"recalibrate_batchnorm: model {model.name!r} is not built; call it on data (or "
             "build it) first")
     layers = [(p, l) for p, l in batchnorm_layers(model) if l.trainable]
-    batches, _ = _batches(data, int(batch_size), steps)
+    batches = _batches(data, int(batch_size), steps)
     if not layers:
         if verbose:
             print(f"tfprune: {model.name!r} has no trainable BatchNormalization layer; nothing "
