@@ -486,3 +486,59 @@ def test_bad_input():
     with pytest.raises(MissingLossError, match="compile the model"):
         callback.on_train_begin()
     assert all(not hasattr(v.constraint, "mask") for v in bare.trainable_weights)
+
+
+# --- diagonal="gates": the Gauss-Newton curvature of each channel's removal ------------------
+
+
+def test_gate_saliency_is_the_gate_curvature_of_each_channel():
+    model, data, groups, context = _prepared(diagonal="gates")
+    estimate = context.cache[CACHE_KEY]
+    assert estimate.diagonal == {} and set(estimate.seconds) == {"blocks", "diagonal"}
+    gates = [[(m.layer, m.axis, m.index_map[c]) for m in g.consumers]
+             for g in groups for c in range(g.size)]
+    result = tfprune.curvature.gates.gate_curvature(model, LOSS, data, gates)
+    criterion = CampHiVeSaliency("gates")
+    start = 0
+    for g in groups:
+        expected = (np.abs(result.gradient[start:start + g.size])
+                    + 0.5 * result.gauss_newton[start:start + g.size])
+        np.testing.assert_allclose(criterion(g, context), expected, rtol=1e-6)
+        start += g.size
+    # deterministic: another event (other random seeds) scores the same channels alike
+    again = ScoringContext(model, calibration_data=data, groups=groups, step=8)
+    criterion.prepare(again)
+    for g in groups:
+        np.testing.assert_allclose(criterion(g, again), criterion(g, context), rtol=1e-6)
+
+
+def test_gates_prune_inside_fit_and_meet_the_target():
+    x, y = _digits()
+    model = _digits_cnn()
+    model.fit(x[:512], y[:512], batch_size=32, epochs=2, verbose=0)
+    pruning = CampHiVe(tfprune.Target(flops=0.5), tfprune.PolynomialDecay(32, 48, frequency=16),
+                       calibration_data=(x[:64], y[:64]), diagonal="gates", verbose=0)
+    model.fit(x[:512], y[:512], batch_size=32, epochs=4, initial_epoch=2, verbose=0,
+              callbacks=[pruning])
+    assert [e.step for e in pruning.events] == [32, 48]
+    assert pruning.achieved()["flops_kept"] <= 0.5
+    last = pruning.records[-1]
+    assert last.seconds["diagonal"] > 0 and last.folded > 0
+    small = tfprune.strip(model)
+    assert tfprune.profile(small).flops <= 0.5 * tfprune.profile(model).flops
+    np.testing.assert_allclose(small(x[:32]), model(x[:32]), rtol=1e-4, atol=1e-4)
+
+
+def test_gates_refuse_single_weights_and_losses_without_gauss_newton():
+    x, y = _digits()
+    with pytest.raises(InvalidPruningArgumentError, match="gates"):
+        CampHiVe(tfprune.Target(sparsity=0.5), calibration_data=(x[:8], y[:8]),
+                 granularity="weight", diagonal="gates")
+    model = _digits_cnn(loss=None)
+    model.compile("sgd", lambda t, p: keras.ops.mean(keras.ops.abs(p)))
+    callback = CampHiVe(tfprune.Target(flops=0.5), calibration_data=(x[:8], y[:8]),
+                        diagonal="gates", verbose=0)
+    callback.set_model(model)
+    callback.set_params({"epochs": 1, "steps": 1})
+    with pytest.raises(tfprune.errors.CurvatureError, match="Gauss-Newton"):
+        callback.on_train_begin()

@@ -7,7 +7,11 @@ At each pruning event `prepare` measures, on the calibration data, with `tfprune
   `"lowrank"`, `sum_j lambda_j v_ji^2` over the top `top_k` eigenpairs found by power
   iteration (global norm, deflation); `"both"`, the low-rank part exactly plus Hutchinson's
   estimate of what remains, `mean(z * (Hz - sum_j lambda_j (v_j . z) v_j))` (the same
-  Rademacher vectors, so the top directions add no noise);
+  Rademacher vectors, so the top directions add no noise); `"gates"` (channels only), not a
+  diagonal over weights but the exact Gauss-Newton diagonal in channel-gate coordinates
+  (`tfprune.curvature.gates`): each channel's gate scales its input slice at every consumer,
+  `s = -1` removes it, and the saliency is `|dL/ds| + 1/2 G_ss` (deterministic; one backward
+  pass per model output and calibration batch);
 - the top eigenvalue `lambda_l` of each pool's diagonal block (channel group, or layer for
   single weights) by block power iteration, which `tfprune.allocation.adaptive` turns into
   curvature-adaptive thresholds;
@@ -40,12 +44,14 @@ from tfprune.curvature.data import CalibrationData
 from tfprune.criteria.context import model_loss
 from tfprune.curvature.losses import resolve_loss
 from tfprune.curvature.operator import FORWARD_OVER_REVERSE, HESSIANS, operator_for
-from tfprune.errors import CurvatureError, InvalidCriterionError
+from tfprune.curvature import gates
+from tfprune.errors import CurvatureError, InvalidCriterionError, NonFiniteError
 
 HUTCHINSON = "hutchinson"
 LOWRANK = "lowrank"
 BOTH = "both"
-DIAGONALS = (HUTCHINSON, LOWRANK, BOTH)
+GATES = "gates"
+DIAGONALS = (HUTCHINSON, LOWRANK, BOTH, GATES)
 #: Where `prepare` leaves its `CurvatureEstimate` in `context.cache`.
 CACHE_KEY = "camp_hive/curvature"
 #: Relative change of a Rayleigh quotient at which power iteration stops early.
@@ -69,6 +75,8 @@ class CurvatureEstimate:
         trace: Hutchinson's estimate of `tr(H)` over the estimated weights (None for
             `"lowrank"`).
         seconds: wall time of each phase (`"eigenpairs"`, `"blocks"`, `"diagonal"`).
+        gates: `{group id: (first-order, second-order term per channel)}` for
+            `diagonal="gates"` (the diagonal is then empty).
     """
 
     diagonal: Dict[int, np.ndarray]
@@ -76,6 +84,7 @@ class CurvatureEstimate:
     eigenvalues: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     trace: Optional[float] = None
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
+    gates: Dict[int, tuple] = dataclasses.field(default_factory=dict)
 
 
 def saliency_terms(gradient, weight, diagonal):
@@ -96,7 +105,9 @@ class CampHiVeSaliency(Criterion):
     """CAMP-HiVe's second-order saliency of channels or single weights (module docstring).
 
     Args:
-        diagonal: where `H_ii` comes from: `"hutchinson"`, `"lowrank"` or `"both"`.
+        diagonal: where `H_ii` comes from: `"hutchinson"`, `"lowrank"` or `"both"`; or
+            `"gates"` (channel granularity only): the exact Gauss-Newton curvature of each
+            channel's removal, whatever `hessian` (which still sets the block eigenvalues).
         hessian: `"exact"` (the Hessian) or `"gauss_newton"` (positive semi-definite;
             softmax cross-entropy or mean squared error).
         hutchinson_samples: Rademacher vectors of the Hutchinson estimate.
@@ -135,7 +146,8 @@ class CampHiVeSaliency(Criterion):
         if diagonal not in DIAGONALS:
             raise InvalidCriterionError(
                 f"diagonal={diagonal!r}: accepted are 'hutchinson' (Hutchinson's estimate), "
-                "'lowrank' (sum_j lambda_j v_j^2 over the top eigenpairs) and 'both'")
+                "'lowrank' (sum_j lambda_j v_j^2 over the top eigenpairs), 'both' and 'gates' "
+                "(channels: the Gauss-Newton curvature of each channel's removal)")
         if hessian not in HESSIANS:
             raise InvalidCriterionError(
                 f"hessian={hessian!r}: accepted are 'exact' and 'gauss_newton' (positive "
@@ -184,6 +196,12 @@ class CampHiVeSaliency(Criterion):
             CurvatureError: the model or loss cannot be differentiated twice as asked.
         """
         weights = None
+        if self.diagonal == GATES:
+            if kernels is not None:
+                raise InvalidCriterionError(
+                    "diagonal='gates' scores channels: use granularity='channel', or another "
+                    "diagonal ('hutchinson', 'lowrank', 'both') for single weights")
+            gates.check_gate_model(model, self.model_loss(model))
         if kernels is not None:
             ids = {id(k) for k in kernels}
             weights = [v for v in model.trainable_weights if id(v) in ids]
@@ -215,7 +233,7 @@ class CampHiVeSaliency(Criterion):
         estimate = CurvatureEstimate({})
 
         eigen = None
-        if self.diagonal != HUTCHINSON:
+        if self.diagonal in (LOWRANK, BOTH):
             with self._phase(estimate, "eigenpairs",
                              f"top {self.top_k} eigenpair(s), {self.power_iters} iterations"):
                 eigen = curvature.power_iteration(model, loss, data, k=self.top_k,
@@ -230,6 +248,12 @@ class CampHiVeSaliency(Criterion):
                     model, loss, data, blocks=blocks, max_iter=self.power_iters,
                     tol=POWER_TOL, seed=seed + 1, **common)
             estimate.block_eigenvalues = dict(result.eigenvalues)
+        if self.diagonal == GATES:
+            with self._phase(estimate, "diagonal", "Gauss-Newton curvature of the channels' "
+                             "gates"):
+                estimate.gates = self._gate_terms(context, model, loss, data)
+            context.cache[CACHE_KEY] = estimate
+            return
         with self._phase(estimate, "diagonal", self._diagonal_description()):
             if self.diagonal == HUTCHINSON:
                 est = curvature.hutchinson(model, loss, data, samples=self.hutchinson_samples,
@@ -243,6 +267,28 @@ class CampHiVeSaliency(Criterion):
                     model, loss, data, weights, eigen, seed + 2)
         estimate.diagonal = {id(v): d for v, d in zip(variables, diagonal)}
         context.cache[CACHE_KEY] = estimate
+
+    def _gate_terms(self, context, model, loss, data) -> Dict[int, tuple]:
+        """`{group id: (|dL/ds|, 1/2 d2L/ds2)}` per channel, from one gate per channel that
+        scales its input slice at every consumer of the group."""
+        layout, gate_list = [], []
+        for group in context.groups:
+            if not group.consumers:
+                raise InvalidCriterionError(
+                    f"diagonal='gates' needs a consumer layer (Conv, Dense) reading every pruned "
+                    f"group; {group.describe()} has none: use diagonal='hutchinson'")
+            layout.append((group.id, len(gate_list), group.size))
+            for c in range(group.size):
+                gate_list.append([(m.layer, m.axis, m.index_map[c]) for m in group.consumers])
+        try:
+            result = gates.gate_curvature(model, loss, data, gate_list)
+        except CurvatureError as e:
+            if isinstance(e, NonFiniteError):
+                raise
+            raise InvalidCriterionError(f"diagonal='gates': {e}") from None
+        return {gid: (np.abs(result.gradient[start:start + size]),
+                      0.5 * result.gauss_newton[start:start + size])
+                for gid, start, size in layout}
 
     def _deflated_hutchinson(self, model, loss, data, weights, eigen, seed):
         """`sum_j lambda_j v_j^2` plus Hutchinson's estimate of the deflated diagonal."""
@@ -290,7 +336,11 @@ class CampHiVeSaliency(Criterion):
     # --- scores --------------------------------------------------------------------------
 
     def channel_scores(self, group, context):
-        diagonal = context.cache[CACHE_KEY].diagonal
+        estimate = context.cache[CACHE_KEY]
+        if self.diagonal == GATES:
+            first, second = estimate.gates[group.id]
+            return first + np.maximum(second, 0.0)
+        diagonal = estimate.diagonal
         first, second = np.zeros(group.size), np.zeros(group.size)
         for slices in _trainable_slices_by_variable(group).values():
             v = context.variable(slices[0])

@@ -12,6 +12,7 @@ float32 (also for mixed-precision models), under the active `tf.distribute` stra
 | `power_iteration` | top-k eigenpairs of `H` or `G` (global norm, deflation) |
 | `block_power_iteration` | top eigenvalue of each layer's or channel group's diagonal block |
 | `hutchinson` | `diag(H)`, `tr(H)`, per-layer and per-channel traces |
+| `gate_curvature` | gradient and exact Gauss-Newton diagonal along channel gates (`gates`) |
 
 Example:
 
@@ -28,6 +29,7 @@ print(top.eigenvalues, diag.per_layer())
 ```
 """
 
+from tfprune.curvature.gates import GateCurvature, gate_curvature
 from tfprune.curvature.hutchinson import HutchinsonResult, hutchinson
 from tfprune.curvature.power import (BlockEigenResult, EigenResult, block_power_iteration,
                                      power_iteration)

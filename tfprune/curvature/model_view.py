@@ -93,6 +93,24 @@ class ModelView:
             return tf.cast(value, self.dtype)
         return value
 
+    def forward_model(self):
+        """The model the forward pass runs on, holding the model's current values.
+
+        The model itself, or its twin (mixed precision, or softmax logits) with every variable
+        set to the model's current value, for code that needs the forward pass's intermediate
+        tensors (a functional model built on the returned model's layers).
+        """
+        model = self._model()
+        if model is None:
+            raise CurvatureError(f"model {self.model_name!r} no longer exists")
+        if self._twin is None:
+            return model
+        mine = list(model.trainable_variables) + list(model.non_trainable_variables)
+        theirs = list(self._twin.trainable_variables) + list(self._twin.non_trainable_variables)
+        for source, target in zip(mine, theirs):
+            target.assign(self._lift(source))
+        return self._twin
+
     def call(self, trainable, non_trainable, x):
         """The model's output (logits when `self.logits`) for values of all its variables."""
         model = self._twin if self._twin is not None else self._model()
@@ -153,6 +171,13 @@ def _final_softmax(model):
     return None
 
 
+class _PassLogits(keras.layers.Layer):
+    """Identity in place of a final Softmax layer (which is called with a `mask` argument)."""
+
+    def call(self, inputs, mask=None):
+        return inputs
+
+
 def _twin(model, dtype, softmax_layer):
     """A clone of `model` that computes in `dtype` and, if given, without `softmax_layer`'s softmax."""
     name = tf.as_dtype(dtype).name
@@ -162,7 +187,7 @@ def _twin(model, dtype, softmax_layer):
         config["dtype"] = name
         if layer is softmax_layer:
             if isinstance(layer, (keras.layers.Softmax, keras.layers.Activation)):
-                return keras.layers.Identity(name=layer.name, dtype=name)
+                return _PassLogits(name=layer.name, dtype=name)
             config["activation"] = "linear"
         return layer.__class__.from_config(config)
 

@@ -107,7 +107,11 @@ class CampHiVe(PruningCallback):
             global threshold (and skips the block curvature). On ResNet-8 a group's block
             eigenvalue was lowest in the widest, most redundant group, and `beta > 0` emptied
             it (`docs/methods/camp_hive.md`): use it with a `min_density`.
-        diagonal: `H_ii` from `"hutchinson"`, `"lowrank"` (top-k eigenpairs) or `"both"`.
+        diagonal: `H_ii` from `"hutchinson"`, `"lowrank"` (top-k eigenpairs) or `"both"`;
+            or `"gates"` (channels): instead of a diagonal over weights, the exact
+            Gauss-Newton curvature of removing each channel, `|dL/ds| + 1/2 G_ss` along a
+            gate `s` on the channel's input slices (`tfprune.curvature.gates`;
+            deterministic, one backward pass per model output and calibration batch).
         hessian: `"exact"` or `"gauss_newton"` (positive semi-definite).
         power_iters: most products of each power iteration.
         hutchinson_samples: Rademacher vectors of the Hutchinson estimate.
@@ -158,6 +162,10 @@ class CampHiVe(PruningCallback):
         if not isinstance(per_unit_cost, bool):
             raise InvalidPruningArgumentError(
                 f"per_unit_cost={per_unit_cost!r}: expected True or False")
+        if diagonal == "gates" and granularity != CHANNEL:
+            raise InvalidPruningArgumentError(
+                f"diagonal='gates' scores channels; granularity={granularity!r} needs "
+                "diagonal='hutchinson', 'lowrank' or 'both'")
         self.merge_rule = check_rule(merge_rule)
         thresholds = AdaptiveThresholds(beta, per_unit_cost=per_unit_cost, normalize=normalize)
         # The engine validates `verbose`; the criterion only needs to know whether to print.
