@@ -100,6 +100,9 @@ _DISTRIBUTED = textwrap.dedent("""
             "hutchinson": curvature.hutchinson(m, loss, (x, y), samples=2, vectors_per_pass=2,
                                                method="reverse_over_reverse",
                                                batch_size=8).diagonal,
+            "gates": [curvature.gate_curvature(m, loss, (x, y), [[("dense_1", 1, [c])]
+                                                                 for c in range(6)],
+                                               batch_size=8).gauss_newton],
         }}
 
     def rel(a, b):
@@ -128,7 +131,7 @@ def test_mirrored_strategy_on_two_devices_matches_one_device():
     assert proc.returncode == 0 and lines, proc.stderr[-3000:]
     errors = json.loads(lines[-1][len("RESULT"):])
     assert errors.pop("replicas") == 2
-    assert len(errors) == 6
+    assert len(errors) == 8
     assert all(e <= 1e-5 for e in errors.values()), errors
 
 
