@@ -136,11 +136,12 @@ def oracle(remover: Remover, verbose: bool = True):
 
 
 def measure(model, x_train, y_train, held_out: int, seed: int, verbose: bool = True,
-            calibration_images: int = TAYLOR_IMAGES) -> dict:
-    """The oracle and every criterion's agreement with it (see the module docstring).
+            calibration_images: int = TAYLOR_IMAGES, names=None) -> dict:
+    """The oracle and each criterion's agreement with it (see the module docstring).
 
     The calibration draw is `bench_quality.calibration_set(..., calibration_images)`; the
     held-out images are the next `held_out` of the same seeded permutation (disjoint).
+    `names`: the criteria to compare (keys of `criteria`; None: all).
     """
     import bench_quality as bq   # the quality benchmark's calibration draw
 
@@ -156,6 +157,8 @@ def measure(model, x_train, y_train, held_out: int, seed: int, verbose: bool = T
     loss = keras.losses.SparseCategoricalCrossentropy()
     rows = {}
     for name, (criterion, images, cseed) in criteria(loss).items():
+        if names is not None and name not in names:
+            continue
         data = (calibration[0][:images], calibration[1][:images]) if images else None
         start = time.perf_counter()
         context = ScoringContext(model, step=cseed, seed=cseed, calibration_data=data,
