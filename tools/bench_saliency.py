@@ -15,7 +15,8 @@ by
 
 Criteria: L1 magnitude, Taylor `|g w|`, CAMP-HiVe's saliency with a Hutchinson diagonal (8
 and 32 samples, two seeds each, to show their spread), and with `diagonal="gates"` (the exact
-Gauss-Newton curvature of each channel's removal). Timings are wall seconds of each
+Gauss-Newton curvature of each channel's removal), and the signed second-order estimate of
+the removal from the same gates, `-dL/ds + 1/2 G_ss`. Timings are wall seconds of each
 criterion's `prepare` + scores.
 
 ```shell
@@ -40,11 +41,23 @@ import bench_common as bc  # noqa: E402
 
 import tfprune  # noqa: E402
 from tfprune.criteria import Magnitude, ScoringContext, Taylor  # noqa: E402
-from tfprune.criteria.camp_hive import CampHiVeSaliency  # noqa: E402
+from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency  # noqa: E402
 
 #: Calibration images per criterion, as `tools/bench_quality.py` gives them.
 CAMP_HIVE_IMAGES = 128
 TAYLOR_IMAGES = 1024
+
+
+class GateRemovalEstimate(CampHiVeSaliency):
+    """The signed second-order estimate of removing each channel, `-dL/ds + 1/2 G_ss`
+    (`GateCurvature.removal_estimate`), where CAMP-HiVe's saliency takes `|dL/ds|`."""
+
+    def __init__(self, loss):
+        super().__init__(diagonal="gates", loss=loss)
+
+    def channel_scores(self, group, context):
+        first, second = context.cache[CACHE_KEY].gates[group.id]
+        return -first + second
 
 
 def criteria(loss):
@@ -61,6 +74,8 @@ def criteria(loss):
         "CAMP-HiVe, gates": (CampHiVeSaliency(diagonal="gates", loss=loss), CAMP_HIVE_IMAGES, 0),
         "CAMP-HiVe, gates, 1,024 images": (CampHiVeSaliency(diagonal="gates", loss=loss),
                                            TAYLOR_IMAGES, 0),
+        "gates, signed estimate -dL/ds + G/2": (GateRemovalEstimate(loss), CAMP_HIVE_IMAGES, 0),
+        "gates, signed estimate, 1,024 images": (GateRemovalEstimate(loss), TAYLOR_IMAGES, 0),
     }
 
 

@@ -77,3 +77,18 @@ def test_measure_reports_every_criterion(tiny):
     with pytest.raises(ValueError, match="no held-out images"):
         bs.measure(model, x[:100], y[:100], held_out=64, seed=0, verbose=False,
                    calibration_images=128)
+
+
+def test_signed_estimate_is_the_gates_removal_estimate(tiny):
+    model, x, y = tiny
+    groups = [g for g in tfprune.channel_groups(model) if g.prunable]
+    data = (x[:64].astype("float32"), y[:64])
+    loss = keras.losses.SparseCategoricalCrossentropy()
+    criterion = bs.GateRemovalEstimate(loss)
+    context = tfprune.criteria.ScoringContext(model, calibration_data=data, groups=groups)
+    criterion.prepare(context)
+    gates = [[(m.layer, m.axis, m.index_map[c]) for m in g.consumers]
+             for g in groups for c in range(g.size)]
+    expected = tfprune.curvature.gate_curvature(model, loss, data, gates).removal_estimate()
+    scores = np.concatenate([criterion(g, context) for g in groups])
+    np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-9)

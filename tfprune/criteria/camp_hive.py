@@ -75,8 +75,8 @@ class CurvatureEstimate:
         trace: Hutchinson's estimate of `tr(H)` over the estimated weights (None for
             `"lowrank"`).
         seconds: wall time of each phase (`"eigenpairs"`, `"blocks"`, `"diagonal"`).
-        gates: `{group id: (first-order, second-order term per channel)}` for
-            `diagonal="gates"` (the diagonal is then empty).
+        gates: `{group id: (dL/ds, 1/2 d2L/ds2 per channel)}` for `diagonal="gates"` (the
+            diagonal is then empty); the saliency takes `|dL/ds|`.
     """
 
     diagonal: Dict[int, np.ndarray]
@@ -269,7 +269,7 @@ class CampHiVeSaliency(Criterion):
         context.cache[CACHE_KEY] = estimate
 
     def _gate_terms(self, context, model, loss, data) -> Dict[int, tuple]:
-        """`{group id: (|dL/ds|, 1/2 d2L/ds2)}` per channel, from one gate per channel that
+        """`{group id: (dL/ds, 1/2 d2L/ds2)}` per channel, from one gate per channel that
         scales its input slice at every consumer of the group."""
         layout, gate_list = [], []
         for group in context.groups:
@@ -286,7 +286,7 @@ class CampHiVeSaliency(Criterion):
             if isinstance(e, NonFiniteError):
                 raise
             raise InvalidCriterionError(f"diagonal='gates': {e}") from None
-        return {gid: (np.abs(result.gradient[start:start + size]),
+        return {gid: (result.gradient[start:start + size],
                       0.5 * result.gauss_newton[start:start + size])
                 for gid, start, size in layout}
 
@@ -339,7 +339,7 @@ class CampHiVeSaliency(Criterion):
         estimate = context.cache[CACHE_KEY]
         if self.diagonal == GATES:
             first, second = estimate.gates[group.id]
-            return first + np.maximum(second, 0.0)
+            return np.abs(first) + np.maximum(second, 0.0)
         diagonal = estimate.diagonal
         first, second = np.zeros(group.size), np.zeros(group.size)
         for slices in _trainable_slices_by_variable(group).values():
