@@ -128,6 +128,8 @@ class RunSpec:
             the first step); at most `epochs`.
         options: keyword arguments of the method (`OPTION_METHODS`), `"name=value,..."`;
             they are part of the run's name.
+        calibration: calibration images of a method that takes them (`CALIBRATION_IMAGES`);
+            None: the method's default there. Part of the run's name when given.
 
     Example:
 
@@ -145,6 +147,14 @@ class RunSpec:
     min_density: float = 0.0
     prune_epochs: int = PRUNE_EPOCHS
     options: str = ""
+    calibration: Optional[int] = None
+
+    @property
+    def calibration_images(self) -> int:
+        """Calibration images the method gets (0: it takes none)."""
+        if self.calibration is not None:
+            return self.calibration
+        return CALIBRATION_IMAGES.get(self.method, 0)
 
     def keyword_arguments(self) -> dict:
         """`options` (`"merge=False,hutchinson_samples=32"`) as the method's keyword arguments."""
@@ -191,6 +201,12 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"options={self.options!r}: only {', '.join(OPTION_METHODS)} take options")
         self.keyword_arguments()
+        if self.calibration is not None and (
+                self.method not in CALIBRATION_IMAGES or isinstance(self.calibration, bool)
+                or not isinstance(self.calibration, int) or self.calibration < 1):
+            raise InvalidPruningArgumentError(
+                f"calibration={self.calibration!r}: a number of images >= 1, for "
+                f"{', '.join(CALIBRATION_IMAGES)} only")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -206,6 +222,7 @@ class RunSpec:
         floor = f"_md{self.min_density:g}" if self.min_density else ""
         pace = "" if self.method == "narrow" else f"_p{self.prune_epochs}"
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
+        extra += "" if self.calibration is None else f"_cal{self.calibration}"
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -273,8 +290,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
                                           frequency=half)
     else:
         gradual = tfprune.OneShot(0)
-    cal = calibration[0][:CALIBRATION_IMAGES.get(spec.method, 0)], \
-        calibration[1][:CALIBRATION_IMAGES.get(spec.method, 0)]
+    cal = calibration[0][:spec.calibration_images], calibration[1][:spec.calibration_images]
     common = {"granularity": spec.granularity, "seed": spec.seed,
               "min_density": spec.min_density}
     options = spec.keyword_arguments()
@@ -391,7 +407,8 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         row.update(width_mult=mult, widths=info["widths"], epoch_log=info["epoch_log"],
                    run_wall_s=info["train_wall_s"], run_cpu_s=info["train_cpu_s"])
     else:
-        calibration = calibration_set(x_train, y_train, spec.seed)
+        calibration = calibration_set(x_train, y_train, spec.seed,
+                                      max(1024, spec.calibration_images))
         lr = keras.optimizers.schedules.CosineDecay(bc.FINE_TUNE_LR,
                                                     decay_steps=spec.epochs * steps)
         pruning = make_pruning(spec, steps, calibration)
@@ -416,7 +433,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
                    run_wall_s=round(time.perf_counter() - t0, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1),
                    events=[e.step for e in pruning.events if e.skipped is None],
-                   calibration_images=CALIBRATION_IMAGES.get(spec.method, 0),
+                   calibration_images=spec.calibration_images,
                    pruning_config=_config(pruning))
         records = getattr(pruning, "records", None)
         if records:
@@ -689,7 +706,8 @@ def specs_from_args(args) -> List[RunSpec]:
         return RunSpec(method, granularity, 1.0 if method == "dense_ft" else target,
                        args.epochs, args.seed, args.min_density,
                        0 if method in REFERENCE_METHODS else args.prune_epochs,
-                       args.options if method in OPTION_METHODS else "")
+                       args.options if method in OPTION_METHODS else "",
+                       args.calibration if method in CALIBRATION_IMAGES else None)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -720,6 +738,11 @@ def main(argv=None):
     parser.add_argument("--options", default="",
                         help="keyword arguments of " + ", ".join(OPTION_METHODS) + ", e.g. "
                              "'merge=False,hutchinson_samples=32' (part of the run's name)")
+    parser.add_argument("--calibration", type=int, default=None, metavar="IMAGES",
+                        help="calibration images of " + ", ".join(CALIBRATION_IMAGES)
+                             + " (default: " + ", ".join(f"{k} {v}" for k, v in
+                                                          CALIBRATION_IMAGES.items())
+                             + "; part of the run's name)")
     parser.add_argument("--no-deploy", action="store_true")
     parser.add_argument("--recalibrate", type=int, default=RECALIBRATION_IMAGES,
                         metavar="IMAGES",

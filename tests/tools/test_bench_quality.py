@@ -40,6 +40,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
     ({"method": "l1", "options": "merge=False"}, "only camp_hive"),
     ({"method": "camp_hive", "options": "merge"}, "name=value"),
+    ({"method": "l1", "calibration": 256}, "calibration=256"),
+    ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -60,6 +62,18 @@ def test_plans_cover_every_method_of_the_issue():
     assert spec.name == "camp_hive_channel_flops0.25_e10_p5_hutchinson_samples32_mergeFalse_s0"
     pruning = bq.make_pruning(spec, 10, (np.zeros((4, 8, 8, 3)), np.zeros(4)))
     assert pruning.merge is False and pruning.criterion.hutchinson_samples == 32
+
+
+def test_calibration_images_default_per_method_and_can_be_set():
+    assert bq.RunSpec("camp_hive").calibration_images == bq.CALIBRATION_IMAGES["camp_hive"]
+    assert bq.RunSpec("l1").calibration_images == 0
+    spec = bq.RunSpec("camp_hive", options="diagonal='gates'", calibration=1024)
+    assert spec.calibration_images == 1024
+    assert spec.name == "camp_hive_channel_flops0.25_e10_p5_diagonalgates_cal1024_s0"
+    pool = (np.arange(2048 * 3, dtype="float32").reshape(2048, 1, 1, 3), np.zeros(2048))
+    pruning = bq.make_pruning(spec, 10, pool)
+    assert len(pruning.calibration_data[0]) == 1024
+    assert len(bq.make_pruning(bq.RunSpec("camp_hive"), 10, pool).calibration_data[0]) == 128
 
 
 def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):
