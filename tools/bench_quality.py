@@ -66,14 +66,17 @@ import keras  # noqa: E402
 
 import bench_common as bc  # noqa: E402
 import tfprune  # noqa: E402
+from tfprune.criteria.camp_hive import CampHiVeSaliency  # noqa: E402
 from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 
 # "l1" ranks every channel of the network on one scale (global), "l1_uniform" removes the same
 # fraction of every group (Li et al. 2017's setting): the two usual L1 baselines;
 # "l1_normalized" ranks each channel's L1 over its group's mean (tfprune's default allocation
 # at channel granularity, which taylor, random, camp_hive and sosp_h use too).
+# "gates_uniform" composes CAMP-HiVe's channel-gate saliency (`diagonal="gates"`) with
+# l1_uniform's allocation, without the merge: the criterion alone against L1's.
 CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform",
-                   "l1_normalized")
+                   "l1_normalized", "gates_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
 REFERENCE_METHODS = ("dense", "dense_ft", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
@@ -81,11 +84,13 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "l1_normalized": "L1 magnitude (normalized)",
           "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
+          "gates_uniform": "gate curvature (uniform)",
           "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
           "narrow": "narrow from scratch"}
 #: Methods whose constructor takes `RunSpec.options` (`--options`).
 OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune")
-CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024}
+CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
+                      "gates_uniform": 128}
 DEFAULT_EPOCHS = 10
 #: Clean training images, and images per batch, of the BatchNorm statistics re-estimated at
 #: the end of every run (`tfprune.recalibrate_batchnorm`; `--recalibrate 0` skips it).
@@ -312,6 +317,10 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "taylor":
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
                                         verbose=0, **common)
+    if spec.method == "gates_uniform":
+        return tfprune.PruningCallback(CampHiVeSaliency("gates"), target, gradual,
+                                       allocation="uniform", calibration_data=cal, verbose=0,
+                                       **common)
     if spec.method == "camp_hive":
         return tfprune.CampHiVe(target, gradual, calibration_data=cal, verbose=1, **common,
                                 **options)

@@ -117,6 +117,23 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     assert len(json.loads((tmp_path / "q.json").read_text())) == 1
 
 
+def test_gates_uniform_prunes_each_group_alike_with_the_gate_saliency():
+    keras.utils.set_random_seed(0)
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(8, 8), dense=8)
+    model = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    model.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(64, 8, 8, 3)).astype("float32")
+    y = rng.integers(0, 10, 64)
+    spec = bq.RunSpec("gates_uniform", "channel", 0.5, epochs=1, prune_epochs=1)
+    pruning = bq.make_pruning(spec, 4, (x, y))
+    assert pruning.criterion.diagonal == "gates" and len(pruning.calibration_data[0]) == 64
+    model.fit(x, y, batch_size=16, epochs=1, callbacks=[pruning], verbose=0)
+    assert pruning.achieved()["flops_kept"] <= 0.5
+    kept = bq.kept_channels(tfprune.strip(model))
+    assert max(kept.values()) - min(kept.values()) <= 1 and max(kept.values()) < 8  # uniform
+
+
 def _row(method, target, top1, kept, seed=0, **extra):
     spec = bq.RunSpec(method, "channel", target, 1 if method == "dense" else 10, seed,
                       prune_epochs=0 if method in bq.REFERENCE_METHODS else 5)
