@@ -33,8 +33,9 @@ re-estimated on 10,000 clean training images (`tfprune.recalibrate_batchnorm`, b
 `top1_as_trained` before, and the deployment figures are those of the recalibrated model.
 
 Calibration data (training images, no augmentation, one seeded draw): 128 images for
-CAMP-HiVe (its benchmark setting, `tools/bench_camp_hive_cost.py`), 1,024 for SOSP-H, RDPrune
-and Taylor (their documented sizes).
+CAMP-HiVe (its benchmark setting, `tools/bench_camp_hive_cost.py`) and for `gates_uniform`
+(CAMP-HiVe's channel-gate saliency under the uniform allocation, no merge), 1,024 for SOSP-H,
+RDPrune and Taylor (their documented sizes); `--calibration N` gives a method N instead.
 
 Usage:
 
@@ -42,6 +43,7 @@ Usage:
     python tools/bench_quality.py --method camp_hive,l1 --flops 0.5
     python tools/bench_quality.py --method rd_prune,magnitude --sparsity 0.9 --epochs 2
     python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 10 epochs from scratch
+    python tools/bench_quality.py --method camp_hive --options diagonal=gates --calibration 1024
     python tools/bench_quality.py --report                          # table + plots
     python tools/bench_quality.py --plan all --images 1024 --epochs 1 --results quality_dry
 """
