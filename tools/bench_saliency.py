@@ -38,14 +38,15 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 import bench_common as bc  # noqa: E402
+import bench_quality as bq  # noqa: E402  (its calibration draw and sizes)
 
 import tfprune  # noqa: E402
 from tfprune.criteria import Magnitude, ScoringContext, Taylor  # noqa: E402
 from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency  # noqa: E402
 
 #: Calibration images per criterion, as `tools/bench_quality.py` gives them.
-CAMP_HIVE_IMAGES = 128
-TAYLOR_IMAGES = 1024
+CAMP_HIVE_IMAGES = bq.CALIBRATION_IMAGES["camp_hive"]
+TAYLOR_IMAGES = bq.CALIBRATION_IMAGES["taylor"]
 
 
 class GateRemovalEstimate(CampHiVeSaliency):
@@ -158,8 +159,6 @@ def measure(model, x_train, y_train, held_out: int, seed: int, verbose: bool = T
     held-out images are the next `held_out` of the same seeded permutation (disjoint).
     `names`: the criteria to compare (keys of `criteria`; None: all).
     """
-    import bench_quality as bq   # the quality benchmark's calibration draw
-
     groups = [g for g in tfprune.channel_groups(model) if g.prunable]
     order = np.random.default_rng(seed + 1000).permutation(len(x_train))
     calibration = bq.calibration_set(x_train, y_train, seed, calibration_images)
