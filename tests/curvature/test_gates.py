@@ -145,3 +145,41 @@ def test_losses_without_a_gauss_newton_form_are_refused():
     with pytest.raises(CurvatureError, match="Gauss-Newton curvature"):
         gate_curvature(model, lambda t, p: tf.reduce_mean(tf.abs(p)), (x, y),
                        [[("conv2d_1", 3, [0])]])
+
+
+def test_blocks_are_the_gauss_newton_matrix_between_gates():
+    """The off-diagonal entries: a gate over channels a and b at once has the curvature
+    `G_aa + G_bb + 2 G_ab` (its own diagonal entry, checked against brute force above)."""
+    model, (x, y), _, _ = ref.case("cnn_bn")
+    gates, _, _ = group_gates(model)
+    pairs = [(0, 1), (1, 2), (0, len(gates) - 1)]
+    combined = [list(gates[a]) + list(gates[b]) for a, b in pairs]
+    result = gate_curvature(model, LOGITS_CE, (x, y), gates + combined, batch_size=10,
+                            blocks=[range(len(gates)), [2, 0]])
+    full, swapped = result.blocks
+    assert full.shape == (len(gates), len(gates)) and swapped.shape == (2, 2)
+    np.testing.assert_allclose(np.diag(full), result.gauss_newton[:len(gates)], rtol=1e-5,
+                               atol=1e-10)
+    np.testing.assert_array_equal(full, full.T)
+    np.testing.assert_allclose(swapped, full[np.ix_([2, 0], [2, 0])], rtol=1e-5, atol=1e-10)
+    for k, (a, b) in enumerate(pairs):
+        expected = full[a, a] + full[b, b] + 2 * full[a, b]
+        assert result.gauss_newton[len(gates) + k] == pytest.approx(expected, rel=1e-4,
+                                                                    abs=1e-9)
+    assert abs(full[0, 1]) > 1e-6            # channels of one layer do interact
+    assert np.linalg.eigvalsh(full).min() > -1e-6 * np.abs(full).max()   # PSD
+    assert gate_curvature(model, LOGITS_CE, (x, y), gates).blocks == ()
+
+
+@pytest.mark.parametrize("blocks,match", [
+    ("ab", "list of lists of gate indices"),
+    ([[0, 9]], r"within 0\.\.2"),
+    ([[0, 0]], "distinct"),
+    ([[]], "distinct"),
+    ([[0, "x"]], "block 0 must be a list of gate indices"),
+])
+def test_bad_blocks_are_refused(blocks, match):
+    model, (x, y), _, _ = ref.case("cnn_bn")
+    gates = [[("conv2d_1", 3, [c])] for c in range(3)]
+    with pytest.raises(CurvatureError, match=match):
+        gate_curvature(model, LOGITS_CE, (x, y), gates, blocks=blocks)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import weakref
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import keras
 import numpy as np
@@ -61,6 +61,9 @@ class GateCurvature:
         loss: the mean loss on the data.
         samples: how many samples the means are over.
         passes: backward passes per batch (the number of model outputs).
+        blocks: with `gate_curvature(..., blocks=...)`, for each block of gates the
+            Gauss-Newton matrix between them, `(len(block), len(block))` float64 (its diagonal
+            is their `gauss_newton`); else an empty tuple.
     """
 
     gradient: np.ndarray
@@ -68,6 +71,7 @@ class GateCurvature:
     loss: float
     samples: int
     passes: int
+    blocks: Tuple[np.ndarray, ...] = ()
 
     def removal_estimate(self) -> np.ndarray:
         """Second-order estimate of the loss change at `s = -1` (every gate removing its
@@ -76,7 +80,8 @@ class GateCurvature:
 
 
 def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
-                   batch_size: int = 128) -> GateCurvature:
+                   batch_size: int = 128,
+                   blocks: Optional[Sequence[Sequence[int]]] = None) -> GateCurvature:
     """Gradient and Gauss-Newton diagonal of the loss with respect to channel gates.
 
     Args:
@@ -88,6 +93,11 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
             channels `channels` (indices along `axis`, the channel axis of the layer's input
             counted with the batch axis) of the input of the top-level layer `layer_path`.
         batch_size: samples per batch for `(x, y)` arrays.
+        blocks: lists of gate indices; for each, the Gauss-Newton matrix between its gates
+            (`GateCurvature.blocks`): what removing several of them together costs to second
+            order, `-sum_{a in M} dL/ds_a + 1/2 sum_{a,b in M} G_ab`. A block of `b` gates
+            costs `batch x b^2 x outputs` multiply-adds per batch more (one block per channel
+            group keeps that small); `[range(len(gates))]` is the whole matrix.
 
     Returns:
         A `GateCurvature`.
@@ -115,28 +125,55 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
     ```
     """
     check_positive_int("batch_size", batch_size)
+    blocks = _check_blocks(blocks, len(gates))
     loss, view, logits = check_gate_model(model, loss_fn)
     layers, widths, assignment = _layout(model, gates)
     data = CalibrationData.of(data, batch_size)
     forward = view.forward_model()
-    step = _program(forward, layers, widths, assignment, len(gates), loss, logits, view.dtype)
+    step = _program(forward, layers, widths, assignment, len(gates), loss, logits, view.dtype,
+                    blocks)
     total_first = np.zeros(len(gates))
     total_second = np.zeros(len(gates))
+    total_blocks = [np.zeros((len(b), len(b))) for b in blocks]
     total_loss, count, passes = 0.0, 0, 0
     for x, y in data.dataset:
-        loss_sum, first, second, passes = step(x, y)
+        loss_sum, first, second, matrices, passes = step(x, y)
         total_loss += float(loss_sum)
         total_first += first.numpy()
         total_second += second.numpy()
+        for total, m in zip(total_blocks, matrices):
+            total += m.numpy()
         count += int(tf.shape(tf.nest.flatten(x)[0])[0])
     mean_loss = total_loss / count
     if not np.isfinite(mean_loss):
         raise NonFiniteError(f"the loss ({loss.name}) of model {model.name!r} is {mean_loss} "
                              "on the gate-curvature data")
     gradient, curvature = total_first / count, total_second / count
-    if not (np.all(np.isfinite(gradient)) and np.all(np.isfinite(curvature))):
+    matrices = tuple(0.5 * (m + m.T) / count for m in total_blocks)  # symmetric, exactly
+    if not (np.all(np.isfinite(gradient)) and np.all(np.isfinite(curvature))
+            and all(np.all(np.isfinite(m)) for m in matrices)):
         raise NonFiniteError("the gate derivatives are not finite (NaN or inf)")
-    return GateCurvature(gradient, curvature, mean_loss, count, int(passes))
+    return GateCurvature(gradient, curvature, mean_loss, count, int(passes), matrices)
+
+
+def _check_blocks(blocks, n_gates: int) -> Tuple[Tuple[int, ...], ...]:
+    if blocks is None:
+        return ()
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (Sequence, range)):
+        raise CurvatureError("blocks must be a list of lists of gate indices; received "
+                             f"{type(blocks).__name__}")
+    out = []
+    for b, block in enumerate(blocks):
+        try:
+            idx = tuple(int(i) for i in block)
+        except (TypeError, ValueError):
+            raise CurvatureError(f"block {b} must be a list of gate indices; received "
+                                 f"{block!r}") from None
+        if not idx or min(idx) < 0 or max(idx) >= n_gates or len(set(idx)) != len(idx):
+            raise CurvatureError(f"block {b}: gate indices {list(idx)} must be distinct and "
+                                 f"within 0..{n_gates - 1} ({n_gates} gates)")
+        out.append(idx)
+    return tuple(out)
 
 
 def check_gate_model(model, loss_fn):
@@ -225,11 +262,11 @@ _PROGRAMS = weakref.WeakKeyDictionary()
 _VIEWS = weakref.WeakKeyDictionary()
 
 
-def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype):
+def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, blocks=()):
     """The compiled per-batch step, kept per model and layout (traced once per batch shape)."""
     cache = _PROGRAMS.setdefault(forward, {})
     key = (layers, widths, assignment, n_gates, loss.name, loss.kind, loss.from_logits, logits,
-           dtype.name)
+           dtype.name, blocks)
     if key in cache:
         return cache[key]
     gated = [find_layer(forward, path) for path, _ in layers]
@@ -275,7 +312,11 @@ def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype):
         out_rep = tf.repeat(out, n_gates, axis=0)
         lam_u = loss.output_hessian_product(y_rep, out_rep, u_t)
         second = tf.reduce_sum(tf.reshape(u_t * lam_u, [batch, n_gates, classes]), axis=[0, 2])
-        return loss_sum, first, second, classes
+        u_g = tf.reshape(u_t, [batch, n_gates, classes])
+        lam_g = tf.reshape(lam_u, [batch, n_gates, classes])
+        matrices = [tf.einsum("ngk,nhk->gh", tf.gather(u_g, block, axis=1),   # sum_n u^T Lam u
+                              tf.gather(lam_g, block, axis=1)) for block in blocks]
+        return loss_sum, first, second, matrices, classes
 
     cache[key] = step
     return step
