@@ -15,7 +15,8 @@ from tfprune.allocation import GlobalRanking
 from tfprune.allocation.adaptive import AdaptiveThresholds
 from tfprune.allocation.ranking import normalized
 from tfprune.criteria import ScoringContext
-from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency, CurvatureEstimate
+from tfprune.criteria.camp_hive import (CACHE_KEY, CampHiVeSaliency, CurvatureEstimate,
+                                        joint_scores)
 from tfprune.errors import (InvalidCriterionError, InvalidPruningArgumentError,
                             InvalidTargetError, MissingCalibrationDataError, MissingLossError)
 from tfprune.keras.camp_hive import CampHiVe
@@ -542,3 +543,95 @@ def test_gates_refuse_single_weights_and_losses_without_gauss_newton():
     callback.set_params({"epochs": 1, "steps": 1})
     with pytest.raises(tfprune.errors.CurvatureError, match="Gauss-Newton"):
         callback.on_train_begin()
+
+
+# --- joint=True: a group's channels scored together from its gates' Gauss-Newton matrix ----
+
+
+def _greedy_brute_force(g, G, removed):
+    """The greedy order, written from its definition: at each step the channel that adds
+    least to q(M) = -sum g_M + 1/2 1^T G_MM 1, the removed channels first."""
+    def q(m):
+        m = list(m)
+        return -g[m].sum() + 0.5 * G[np.ix_(m, m)].sum() if m else 0.0
+    order = [int(c) for c in np.flatnonzero(removed)]
+    rest = [c for c in range(len(g)) if c not in order]
+    while rest:
+        c = min(rest, key=lambda c: (q(order + [c]) - q(order), c))
+        order.append(c)
+        rest.remove(c)
+    return order
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_joint_scores_follow_the_greedy_order_on_the_quadratic_model(seed):
+    rng = np.random.default_rng(seed)
+    n = 7
+    a = rng.normal(size=(20, n))
+    G, g = a.T @ a / 20, rng.normal(scale=0.3, size=n)
+    removed = np.zeros(n, bool)
+    removed[rng.choice(n, 2, replace=False)] = seed > 0
+    scores = joint_scores(g, G, removed)
+    order = _greedy_brute_force(g, G, removed)
+    found = [int(c) for c in np.argsort(scores, kind="stable")]
+    k = int(removed.sum())    # the removed channels first, in any order among themselves
+    assert set(found[:k]) == set(order[:k]) and found[k:] == order[k:]
+    order = found
+    assert np.all(scores >= 0) and len(set(scores.tolist())) == n   # strictly ordered
+    assert np.all(scores[removed] < scores[~removed].min())
+    # each score is the largest conditional cost so far (clipped at 0), on the loss's scale
+    costs = [0.0 if removed[c] else (-g[c] + 0.5 * G[c, c] + G[c, order[:i]].sum())
+             for i, c in enumerate(order)]
+    np.testing.assert_allclose(scores[order], np.maximum.accumulate(np.maximum(costs, 0)),
+                               rtol=1e-6, atol=1e-8 * scores.max())   # the tie-break
+
+
+def test_joint_scores_do_not_remove_both_copies_of_a_feature():
+    # channels 0 and 1 carry one feature: each alone is the cheapest, both together are not
+    g = np.zeros(4)
+    G = np.diag([1.0, 1.0, 1.3, 2.0])
+    G[0, 1] = G[1, 0] = 1.0
+    single = 0.5 * np.diag(G)
+    assert set(np.argsort(single)[:2]) == {0, 1}
+    assert set(np.argsort(joint_scores(g, G))[:2]) == {0, 2}
+
+
+def test_joint_gate_scores_come_from_the_groups_gate_matrices():
+    model, data, groups, _ = _prepared()
+    context = ScoringContext(model, calibration_data=data, groups=groups, step=3,
+                             removed={groups[0].id: np.eye(groups[0].size, dtype=bool)[0]})
+    criterion = CampHiVeSaliency("gates", joint=True)
+    criterion.prepare(context)
+    gates = [[(m.layer, m.axis, m.index_map[c]) for m in g.consumers]
+             for g in groups for c in range(g.size)]
+    result = tfprune.curvature.gates.gate_curvature(model, LOSS, data, gates,
+                                                    blocks=[range(len(gates))])
+    start = 0
+    for g in groups:
+        span = slice(start, start + g.size)
+        expected = joint_scores(result.gradient[span], result.blocks[0][span, span],
+                                context.removed.get(g.id))
+        np.testing.assert_allclose(criterion(g, context), expected, rtol=1e-5, atol=1e-12)
+        start += g.size
+    assert np.argmin(criterion(groups[0], context)) == 0      # the removed channel first
+    assert criterion.get_config()["joint"] is True
+    with pytest.raises(InvalidCriterionError, match="needs diagonal='gates'"):
+        CampHiVeSaliency(joint=True)
+    with pytest.raises(InvalidCriterionError, match="joint"):
+        CampHiVeSaliency("gates", joint=1)
+
+
+def test_joint_gates_prune_inside_fit_meet_the_target_and_round_trip():
+    x, y = _digits()
+    model = _digits_cnn()
+    pruning = CampHiVe(tfprune.Target(flops=0.5), tfprune.PolynomialDecay(0, 16, frequency=8),
+                       calibration_data=(x[:64], y[:64]), diagonal="gates", joint=True,
+                       verbose=0)
+    model.fit(x[:256], y[:256], batch_size=32, epochs=3, verbose=0, callbacks=[pruning])
+    assert pruning.achieved()["flops_kept"] <= 0.5 and len(pruning.events) == 3
+    config = pruning.get_config()
+    assert config["joint"] is True
+    again = CampHiVe.from_config(config, calibration_data=(x[:64], y[:64]))
+    assert again.get_config() == config and again.criterion.joint
+    with pytest.raises(InvalidCriterionError, match="needs diagonal='gates'"):
+        CampHiVe(tfprune.Target(flops=0.5), calibration_data=(x[:8], y[:8]), joint=True)

@@ -11,7 +11,8 @@ At each pruning event `prepare` measures, on the calibration data, with `tfprune
   diagonal over weights but the exact Gauss-Newton diagonal in channel-gate coordinates
   (`tfprune.curvature.gates`): each channel's gate scales its input slice at every consumer,
   `s = -1` removes it, and the saliency is `|dL/ds| + 1/2 G_ss` (deterministic; one backward
-  pass per model output and calibration batch);
+  pass per model output and calibration batch); with `joint=True` the channels of a group are
+  scored together instead (below);
 - the top eigenvalue `lambda_l` of each pool's diagonal block (channel group, or layer for
   single weights) by block power iteration, which `tfprune.allocation.adaptive` turns into
   curvature-adaptive thresholds;
@@ -25,6 +26,18 @@ noise, which makes a large share of single diagonal estimates negative, or negat
 of the exact Hessian) counts as zero, so that removing a unit is never scored below its
 first-order term and scores stay non-negative for ranking per unit of cost; it is clipped after
 the sum over the unit's entries, where the estimator's noise has largely averaged out.
+
+**Joint scores** (`diagonal="gates", joint=True`). Channels removed together do not cost the
+sum of what each costs alone: two channels that carry the same feature are each cheap to
+remove, and expensive to remove both. With the whole Gauss-Newton matrix `G` of a group's
+gates, removing a set `M` of its channels costs, to second order,
+`q(M) = -sum_{a in M} dL/ds_a + 1/2 sum_{a,b in M} G_ab`. The group's channels are ordered
+greedily on that model: the removed channels first, then at each step the channel whose removal
+adds least to `q` given those before it (its *conditional* cost
+`-dL/ds_c + 1/2 G_cc + sum_{m before c} G_cm`). A channel's score is the largest conditional
+cost up to its place in the order (at least 0), so that the lowest-scored channels of a group
+are always a prefix of the order, and each score is on the scale of a single channel's loss
+change, as the allocation across groups expects.
 """
 
 from __future__ import annotations
@@ -77,6 +90,8 @@ class CurvatureEstimate:
         seconds: wall time of each phase (`"eigenpairs"`, `"blocks"`, `"diagonal"`).
         gates: `{group id: (dL/ds, 1/2 d2L/ds2 per channel)}` for `diagonal="gates"` (the
             diagonal is then empty); the saliency takes `|dL/ds|`.
+        gate_blocks: `{group id: the group's Gauss-Newton matrix in gate coordinates}` for
+            `joint=True`.
     """
 
     diagonal: Dict[int, np.ndarray]
@@ -85,6 +100,7 @@ class CurvatureEstimate:
     trace: Optional[float] = None
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
     gates: Dict[int, tuple] = dataclasses.field(default_factory=dict)
+    gate_blocks: Dict[int, np.ndarray] = dataclasses.field(default_factory=dict)
 
 
 def saliency_terms(gradient, weight, diagonal):
@@ -92,6 +108,53 @@ def saliency_terms(gradient, weight, diagonal):
     w = np.asarray(weight, dtype=np.float64)
     first = np.abs(np.asarray(gradient, dtype=np.float64) * w)
     return first, 0.5 * np.asarray(diagonal, dtype=np.float64) * w * w
+
+
+def joint_scores(gradient, matrix, removed=None) -> np.ndarray:
+    """Scores of a group's channels from the second-order model of removing them together.
+
+    Args:
+        gradient: `(n,)` `dL/ds` per channel's gate.
+        matrix: `(n, n)` Gauss-Newton matrix of the gates.
+        removed: `(n,)` bool, channels removed already (they come first in the order).
+
+    Returns:
+        `(n,)` non-negative scores: along the greedy order (at each step the channel whose
+        conditional cost `-dL/ds_c + 1/2 G_cc + sum_{m before c} G_cm` is least), the running
+        maximum of the conditional costs, at least 0, made strictly increasing by a tie-break
+        far below the scores' scale; the lowest `k` scores are the greedy order's first `k`.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from tfprune.criteria.camp_hive import joint_scores
+    # channels 0 and 1 carry the same feature: each is cheap alone, not both
+    g = np.zeros(3)
+    G = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.5]])
+    joint_scores(g, G)    # channel 0 (0.5), then 2 (0.75), then 1 (1.5): 2 before 1
+    ```
+    """
+    gradient = np.asarray(gradient, dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n = len(gradient)
+    removed = np.zeros(n, bool) if removed is None else np.asarray(removed, bool)
+    conditional = -gradient + 0.5 * np.diag(matrix)
+    free = np.ones(n, bool)
+    order, costs = [], []
+    for _ in range(n):
+        candidates = np.flatnonzero(free & removed) if (free & removed).any() \
+            else np.flatnonzero(free)
+        c = int(candidates[np.argmin(conditional[candidates])])
+        order.append(c)
+        costs.append(0.0 if removed[c] else conditional[c])
+        free[c] = False
+        conditional = conditional + matrix[:, c]
+    running = np.maximum.accumulate(np.maximum(np.asarray(costs), 0.0))
+    scale = max(float(running[-1]), 1e-30)
+    scores = np.empty(n)
+    scores[np.asarray(order)] = running + scale * 1e-9 * np.arange(n)
+    return scores
 
 
 def _positive_int(name, value, low=1):
@@ -118,6 +181,9 @@ class CampHiVeSaliency(Criterion):
         loss: the loss whose curvature is taken; None uses the model's compiled loss.
         batch_size: samples per batch of the curvature products.
         verbose: 1 prints each phase of `prepare` as it starts and ends, 0 is silent.
+        joint: with `diagonal="gates"`, score each group's channels together from the whole
+            Gauss-Newton matrix of its gates (`joint_scores`, module docstring) instead of
+            each alone.
 
     Raises:
         InvalidCriterionError: an argument outside what is accepted.
@@ -142,7 +208,7 @@ class CampHiVeSaliency(Criterion):
     def __init__(self, diagonal: str = HUTCHINSON, hessian: str = "exact",
                  hutchinson_samples: int = 8, power_iters: int = 3, top_k: int = 1,
                  block_curvature: bool = True, loss=None, batch_size: int = 128,
-                 verbose: int = 0):
+                 verbose: int = 0, joint: bool = False):
         if diagonal not in DIAGONALS:
             raise InvalidCriterionError(
                 f"diagonal={diagonal!r}: accepted are 'hutchinson' (Hutchinson's estimate), "
@@ -160,6 +226,13 @@ class CampHiVeSaliency(Criterion):
         if not isinstance(block_curvature, bool):
             raise InvalidCriterionError(
                 f"block_curvature={block_curvature!r}: expected True or False")
+        if not isinstance(joint, bool):
+            raise InvalidCriterionError(f"joint={joint!r}: expected True or False")
+        if joint and diagonal != GATES:
+            raise InvalidCriterionError(
+                f"joint=True scores channels together from their gates' Gauss-Newton matrix: "
+                f"it needs diagonal='gates' (diagonal={diagonal!r})")
+        self.joint = joint
         self.diagonal = diagonal
         self.hessian = hessian
         self.hutchinson_samples = _positive_int("hutchinson_samples", hutchinson_samples)
@@ -251,7 +324,8 @@ class CampHiVeSaliency(Criterion):
         if self.diagonal == GATES:
             with self._phase(estimate, "diagonal", "Gauss-Newton curvature of the channels' "
                              "gates"):
-                estimate.gates = self._gate_terms(context, model, loss, data)
+                estimate.gates, estimate.gate_blocks = self._gate_terms(context, model, loss,
+                                                                        data)
             context.cache[CACHE_KEY] = estimate
             return
         with self._phase(estimate, "diagonal", self._diagonal_description()):
@@ -268,9 +342,10 @@ class CampHiVeSaliency(Criterion):
         estimate.diagonal = {id(v): d for v, d in zip(variables, diagonal)}
         context.cache[CACHE_KEY] = estimate
 
-    def _gate_terms(self, context, model, loss, data) -> Dict[int, tuple]:
+    def _gate_terms(self, context, model, loss, data):
         """`{group id: (dL/ds, 1/2 d2L/ds2)}` per channel, from one gate per channel that
-        scales its input slice at every consumer of the group."""
+        scales its input slice at every consumer of the group, and with `joint`, `{group id:
+        the Gauss-Newton matrix of its gates}` (else empty)."""
         layout, gate_list = [], []
         for group in context.groups:
             if not group.consumers:
@@ -281,14 +356,17 @@ class CampHiVeSaliency(Criterion):
             for c in range(group.size):
                 gate_list.append([(m.layer, m.axis, m.index_map[c]) for m in group.consumers])
         try:
-            result = gates.gate_curvature(model, loss, data, gate_list)
+            blocks = [range(start, start + size) for _, start, size in layout] \
+                if self.joint else None
+            result = gates.gate_curvature(model, loss, data, gate_list, blocks=blocks)
         except CurvatureError as e:
             if isinstance(e, NonFiniteError):
                 raise
             raise InvalidCriterionError(f"diagonal='gates': {e}") from None
-        return {gid: (result.gradient[start:start + size],
-                      0.5 * result.gauss_newton[start:start + size])
-                for gid, start, size in layout}
+        terms = {gid: (result.gradient[start:start + size],
+                       0.5 * result.gauss_newton[start:start + size])
+                 for gid, start, size in layout}
+        return terms, {gid: m for (gid, _, _), m in zip(layout, result.blocks)}
 
     def _deflated_hutchinson(self, model, loss, data, weights, eigen, seed):
         """`sum_j lambda_j v_j^2` plus Hutchinson's estimate of the deflated diagonal."""
@@ -339,6 +417,9 @@ class CampHiVeSaliency(Criterion):
         estimate = context.cache[CACHE_KEY]
         if self.diagonal == GATES:
             first, second = estimate.gates[group.id]
+            if self.joint:
+                return joint_scores(first, estimate.gate_blocks[group.id],
+                                    context.removed.get(group.id))
             return np.abs(first) + np.maximum(second, 0.0)
         diagonal = estimate.diagonal
         first, second = np.zeros(group.size), np.zeros(group.size)
@@ -362,7 +443,7 @@ class CampHiVeSaliency(Criterion):
         return {"diagonal": self.diagonal, "hessian": self.hessian,
                 "hutchinson_samples": self.hutchinson_samples, "power_iters": self.power_iters,
                 "top_k": self.top_k, "block_curvature": self.block_curvature, "loss": loss,
-                "batch_size": self.batch_size, "verbose": self.verbose}
+                "batch_size": self.batch_size, "verbose": self.verbose, "joint": self.joint}
 
     @classmethod
     def from_config(cls, config):

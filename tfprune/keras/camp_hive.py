@@ -127,6 +127,10 @@ class CampHiVe(PruningCallback):
         min_density: fraction of each group's channels (or kernel's weights) kept.
         verbose: 0 silent; 1 prints each event and the phases of its curvature.
         seed: seed of every random draw (with the event's step: resumed runs agree).
+        joint: with `diagonal="gates"`, score the channels of a group together: greedily on
+            the second-order model of removing them at once, from the whole Gauss-Newton
+            matrix of the group's gates (`tfprune.criteria.camp_hive.joint_scores`), so that
+            two channels carrying one feature are not both removed for each being cheap alone.
 
     Raises:
         InvalidPruningArgumentError, InvalidCriterionError: an argument outside what is
@@ -156,7 +160,8 @@ class CampHiVe(PruningCallback):
                  diagonal: str = "hutchinson", hessian: str = "exact", power_iters: int = 3,
                  hutchinson_samples: int = 8, top_k: int = 1, per_unit_cost: bool = False,
                  normalize: Optional[str] = "mean", loss=None, batch_size: int = 128, min_channels: int = 1,
-                 min_density: float = 0.0, verbose: int = 1, seed: int = 0):
+                 min_density: float = 0.0, verbose: int = 1, seed: int = 0,
+                 joint: bool = False):
         if not isinstance(merge, bool):
             raise InvalidPruningArgumentError(f"merge={merge!r}: expected True or False")
         if not isinstance(per_unit_cost, bool):
@@ -172,7 +177,7 @@ class CampHiVe(PruningCallback):
         talk = int(isinstance(verbose, int) and not isinstance(verbose, bool) and verbose > 0)
         criterion = CampHiVeSaliency(diagonal, hessian, hutchinson_samples, power_iters, top_k,
                                      block_curvature=thresholds.beta > 0, loss=loss,
-                                     batch_size=batch_size, verbose=talk)
+                                     batch_size=batch_size, verbose=talk, joint=joint)
         super().__init__(criterion, target, schedule, allocation=thresholds,
                          granularity=granularity, calibration_data=calibration_data,
                          min_channels=min_channels, min_density=min_density, verbose=verbose,
@@ -330,6 +335,7 @@ class CampHiVe(PruningCallback):
             "merge_rule": self.merge_rule,
             "beta": self.beta,
             "diagonal": criterion["diagonal"],
+            "joint": criterion["joint"],
             "hessian": criterion["hessian"],
             "power_iters": criterion["power_iters"],
             "hutchinson_samples": criterion["hutchinson_samples"],
