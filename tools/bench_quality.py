@@ -56,6 +56,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -90,7 +91,7 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
           "narrow": "narrow from scratch"}
 #: Methods whose constructor takes `RunSpec.options` (`--options`).
-OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune")
+OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform")
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
                       "gates_uniform": 128}
 DEFAULT_EPOCHS = 10
@@ -320,7 +321,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
                                         verbose=0, **common)
     if spec.method == "gates_uniform":
-        return tfprune.PruningCallback(CampHiVeSaliency("gates"), target, gradual,
+        return tfprune.PruningCallback(CampHiVeSaliency("gates", **options), target, gradual,
                                        allocation="uniform", calibration_data=cal, verbose=0,
                                        **common)
     if spec.method == "camp_hive":
@@ -593,9 +594,53 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 
 
 def label(row: dict) -> str:
-    """The method's name in tables and plots, with the run's per-group floor if it has one."""
+    """The method's name in tables and plots, with the run's options, its calibration images
+    when they are not the method's default, and its per-group floor if it has one."""
     floor = row.get("min_density") or 0
-    return LABELS[row["method"]] + (f", min_density {floor:g}" if floor else "")
+    extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
+    images = row.get("calibration")
+    if images is not None and images != CALIBRATION_IMAGES.get(row["method"]):
+        extra.append(f"{images:,} images")
+    if floor:
+        extra.append(f"min_density {floor:g}")
+    return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
+
+
+def configuration(row: dict) -> str:
+    """The run's name without its seed: the rows of one configuration across seeds."""
+    return re.sub(r"_s\d+$", "", row["run"])
+
+
+def seed_summary(rows: Sequence[dict], min_seeds: int = 2) -> List[dict]:
+    """Per configuration with at least `min_seeds` seeds: each seed's float top-1, the mean
+    and the spread (max - min), in the order the configurations first appear."""
+    found: Dict[str, List[dict]] = {}
+    for r in rows:
+        found.setdefault(configuration(r), []).append(r)
+    out = []
+    for config, mine in found.items():
+        seeds = sorted({r.get("seed", 0) for r in mine})
+        if len(seeds) < min_seeds:
+            continue
+        top1 = {r.get("seed", 0): r["top1"] for r in mine}
+        values = [top1[s] for s in seeds]
+        out.append({"configuration": config, "label": label(mine[0]),
+                    "target": mine[0]["target"], "seeds": seeds,
+                    "top1": values, "mean": float(np.mean(values)),
+                    "spread": float(max(values) - min(values))})
+    return out
+
+
+def seed_table(rows: Sequence[dict]) -> str:
+    """Markdown: the float top-1 of every configuration run with more than one seed."""
+    lines = ["| configuration | seeds | float top-1 per seed | mean | spread |",
+             "|---|---|---|---:|---:|"]
+    for s in seed_summary(rows):
+        lines.append(f"| {s['label']} (`{s['configuration']}`) | "
+                     f"{', '.join(map(str, s['seeds']))} | "
+                     f"{', '.join(f'{v:.2f}' for v in s['top1'])} | {s['mean']:.2f} | "
+                     f"{s['spread']:.2f} |")
+    return "\n".join(lines)
 
 
 def _micro(row, d, dd, latency) -> str:
@@ -603,6 +648,19 @@ def _micro(row, d, dd, latency) -> str:
         found = latency[row["run"]]
         return f"{found['micro_ms']:.2f} ({100 * found['ratio']:.0f}%)"
     return f"{_fmt(d.get('micro_ms'))}{_pct(d.get('micro_ms'), dd.get('micro_ms'))}"
+
+
+def report_rows(stems: Sequence[str], results_dir=None) -> List[dict]:
+    """The rows of the results files `stems`, in order, or a clear error naming a missing one."""
+    base = pathlib.Path(results_dir or bc.CACHE_DIR / "results")
+    rows = []
+    for stem in stems:
+        path = base / f"{stem}.json"
+        if not path.is_file():
+            raise DataError(f"no results file {path}: run tools/bench_quality.py with "
+                            f"--results {stem} first")
+        rows.extend(json.loads(path.read_text()))
+    return rows
 
 
 def _latest(rows: Sequence[dict]) -> List[dict]:
@@ -621,7 +679,8 @@ def tfmot_references() -> List[dict]:
 
 
 def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
-    """Float top-1 against the FLOPs fraction (seed 0): one marker per method, references beside."""
+    """Float top-1 against the FLOPs fraction: one marker per method and target (the mean over
+    its seeds, a bar from the lowest to the highest seed), references beside."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -630,8 +689,7 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
                "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
                "dense_ft": "p", "narrow": "X"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers
-               and r.get("seed", 0) == 0]
+    channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
     # A collapsed run (tens of points below the others) would squash the rest: the axis
     # starts below the others and such runs are named at its bottom edge.
@@ -640,11 +698,19 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     floor = min([t for t in tops if t >= middle - 20] or [0.0]) - 3
     for name in dict.fromkeys(label(r) for r in channel):
         mine = [r for r in channel if label(r) == name]
-        pts = sorted((r["flops_fraction"], r["top1"]) for r in mine)
+        pts, low, high = [], [], []
+        for target in sorted({r["target"] for r in mine}):
+            seeds = [r for r in mine if r["target"] == target]
+            top1 = [r["top1"] for r in seeds]
+            pts.append((float(np.mean([r["flops_fraction"] for r in seeds])),
+                        float(np.mean(top1))))
+            low.append(pts[-1][1] - min(top1))
+            high.append(max(top1) - pts[-1][1])
         marker = markers[mine[0]["method"]]
-        line, = ax.plot(*zip(*pts), marker=marker, markersize=10 if marker == "*" else 7,
-                        mfc="none" if mine[0].get("min_density") else None,
-                        linestyle="-" if len(pts) > 1 else "none", label=name)
+        line = ax.errorbar(*zip(*pts), yerr=[low, high] if any(low + high) else None,
+                           marker=marker, markersize=10 if marker == "*" else 7, capsize=3,
+                           mfc="none" if mine[0].get("min_density") else None,
+                           linestyle="-" if len(pts) > 1 else "none", label=name).lines[0]
         for x, top1 in pts:
             if top1 < floor:
                 ax.annotate(f"{name}: {top1:.1f}% (below)", (x, floor), xytext=(x + 0.03,
@@ -662,7 +728,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
         ax.set_ylim(bottom=floor)
     ax.set_xlabel("FLOPs kept (fraction of the dense ResNet-8)")
     ax.set_ylabel("float top-1 on the 10k CIFAR-10 test images (%)")
-    ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (seed 0)")
+    ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (mean over seeds, "
+                 "bars: their range)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
@@ -670,15 +737,20 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
 
 
 def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> pathlib.Path:
-    """Channels each group keeps, per method, at `target` FLOPs, over the dense widths."""
+    """Channels each group keeps, per configuration (its lowest seed), at `target` FLOPs,
+    over the dense widths."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     dense = next(r for r in rows if r["method"] == "dense")
     groups = list(dense["kept_channels"])
-    chosen = [r for r in rows if r["granularity"] == "channel" and r["target"] == target
-              and r["method"] in CHANNEL_METHODS + ("narrow",) and r.get("seed", 0) == 0]
+    chosen = {}
+    for r in sorted(rows, key=lambda r: r.get("seed", 0)):
+        if r["granularity"] == "channel" and r["target"] == target \
+                and r["method"] in CHANNEL_METHODS + ("narrow",):
+            chosen.setdefault(configuration(r), r)
+    chosen = list(chosen.values())
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(groups))
     ax.bar(x, [dense["kept_channels"][g] for g in groups], 0.9, color="none", edgecolor="gray",
@@ -745,7 +817,12 @@ def main(argv=None):
                         help="fraction of every group's channels (kernel's weights) kept")
     parser.add_argument("--images", type=int, default=None,
                         help="train on this many training images (a seeded subset; dry runs)")
-    parser.add_argument("--results", default="quality", help="results file stem")
+    parser.add_argument("--results", default="quality",
+                        help="results file stem (--report: several, comma-separated; a run "
+                             "in a later file replaces the same run in an earlier one)")
+    parser.add_argument("--plots", default=None, metavar="DIR",
+                        help="--report: folder of the plots (default: docs/img for the "
+                             "'quality' results, else the results' model folder)")
     parser.add_argument("--options", default="",
                         help="keyword arguments of " + ", ".join(OPTION_METHODS) + ", e.g. "
                              "'merge=False,hutchinson_samples=32' (part of the run's name)")
@@ -768,9 +845,12 @@ def main(argv=None):
         raise InvalidPruningArgumentError(f"--plan {args.plan}: accepted are {', '.join(PLANS)}")
 
     if args.report or args.latency:
-        path = bc.CACHE_DIR / "results" / f"{args.results}.json"
-        rows = _latest(json.loads(path.read_text()))
-        latency_path = path.with_name(f"{args.results}_latency.json")
+        stems = [s for s in args.results.split(",") if s]
+        if args.latency and len(stems) != 1:
+            raise InvalidPruningArgumentError(
+                f"--latency times the models of one results file; --results {args.results}")
+        rows = _latest(report_rows(stems))
+        latency_path = bc.CACHE_DIR / "results" / f"{stems[0]}_latency.json"
         if args.latency:
             dense = next(r["run"] for r in rows if r["method"] == "dense")
             found = measure_latencies(latency_flatbuffers(rows), dense, rounds=args.latency)
@@ -781,7 +861,10 @@ def main(argv=None):
         if latency:
             print(json.dumps({k: (v["micro_ms"], v["ratio"]) for k, v in latency.items()}))
         print(report_table(rows, latency))
-        img = bc.ROOT / "docs" / "img" if args.results == "quality" else model_dir(args.results)
+        if seed_summary(rows):
+            print(seed_table(rows))
+        img = pathlib.Path(args.plots) if args.plots else (
+            bc.ROOT / "docs" / "img" if stems == ["quality"] else model_dir("+".join(stems)))
         print(plot_accuracy_flops(rows, img / "quality_accuracy_flops.png"))
         print(plot_kept_channels(rows, img / "quality_kept_channels.png"))
         return rows

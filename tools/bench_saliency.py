@@ -15,13 +15,19 @@ by
 
 Criteria: L1 magnitude, Taylor `|g w|`, CAMP-HiVe's saliency with a Hutchinson diagonal (8
 and 32 samples, two seeds each, to show their spread), and with `diagonal="gates"` (the exact
-Gauss-Newton curvature of each channel's removal), and the signed second-order estimate of
-the removal from the same gates, `-dL/ds + 1/2 G_ss`. Timings are wall seconds of each
-criterion's `prepare` + scores.
+Gauss-Newton curvature of each channel's removal), the signed second-order estimate of
+the removal from the same gates, `-dL/ds + 1/2 G_ss`, and the gates scored jointly
+(`joint=True`: greedy on the second-order model of removing a group's channels together, from
+the whole Gauss-Newton matrix of its gates). Timings are wall seconds of each criterion's
+`prepare` + scores.
 
 ```shell
 .venv/bin/python tools/bench_saliency.py --json cache/results/saliency.json
+.venv/bin/python tools/bench_saliency.py --criteria "L1 magnitude;CAMP-HiVe, gates, joint"
 ```
+
+(`--criteria`: names, or beginnings of names, separated by semicolons; "CAMP-HiVe, gates"
+takes every criterion whose name begins so.)
 """
 
 from __future__ import annotations
@@ -77,7 +83,29 @@ def criteria(loss):
                                            TAYLOR_IMAGES, 0),
         "gates, signed estimate -dL/ds + G/2": (GateRemovalEstimate(loss), CAMP_HIVE_IMAGES, 0),
         "gates, signed estimate, 1,024 images": (GateRemovalEstimate(loss), TAYLOR_IMAGES, 0),
+        "CAMP-HiVe, gates, joint": (CampHiVeSaliency(diagonal="gates", joint=True, loss=loss),
+                                    CAMP_HIVE_IMAGES, 0),
+        "CAMP-HiVe, gates, joint, 1,024 images": (
+            CampHiVeSaliency(diagonal="gates", joint=True, loss=loss), TAYLOR_IMAGES, 0),
     }
+
+
+def chosen_criteria(spec, loss) -> list:
+    """The names of `criteria` that `spec` picks ("a;b": names, or beginnings of names, split
+    by semicolons since names hold commas), in the table's order; None: all.
+
+    Raises:
+        ValueError: a part of `spec` that begins no name.
+    """
+    names = list(criteria(loss))
+    if spec is None:
+        return names
+    wanted = [w.strip() for w in spec.split(";") if w.strip()]
+    unknown = [w for w in wanted if not any(n.startswith(w) for n in names)]
+    if unknown or not wanted:
+        raise ValueError(f"--criteria {spec!r}: {unknown or 'nothing'} begins no criterion's "
+                         f"name; accepted are {names}")
+    return [n for n in names if any(n.startswith(w) for w in wanted)]
 
 
 def _ranks(values) -> np.ndarray:
@@ -221,11 +249,15 @@ def main(argv=None):
                              "the oracle measures each removal")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", type=pathlib.Path, default=None)
+    parser.add_argument("--criteria", default=None,
+                        help="the criteria to compare: names or beginnings of names, separated "
+                             "by ';' (default: all)")
     args = parser.parse_args(argv)
+    names = chosen_criteria(args.criteria, None)
     (x_train, y_train), _ = bc.load_cifar10(args.data_dir)
     model = (keras.saving.load_model(args.model) if args.model
              else bc.dense_resnet8(args.data_dir, seed=args.seed))
-    result = measure(model, x_train, y_train, args.held_out, args.seed)
+    result = measure(model, x_train, y_train, args.held_out, args.seed, names=names)
     result["model"] = str(args.model or bc.dense_resnet8_path(args.seed))
     result["machine"] = bc.machine_info()
     print_table(result)

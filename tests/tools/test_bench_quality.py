@@ -134,11 +134,13 @@ def test_gates_uniform_prunes_each_group_alike_with_the_gate_saliency():
     assert max(kept.values()) - min(kept.values()) <= 1 and max(kept.values()) < 8  # uniform
 
 
-def _row(method, target, top1, kept, seed=0, **extra):
+def _row(method, target, top1, kept, seed=0, options="", calibration=None, **extra):
     spec = bq.RunSpec(method, "channel", target, 1 if method == "dense" else 10, seed,
-                      prune_epochs=0 if method in bq.REFERENCE_METHODS else 5)
+                      prune_epochs=0 if method in bq.REFERENCE_METHODS else 5,
+                      options=options, calibration=calibration)
     return {"run": spec.name, "method": method, "granularity": "channel", "target": target,
-            "seed": seed, "flops_fraction": target, "top1": top1, "params": 100,
+            "seed": seed, "options": options, "calibration": calibration,
+            "flops_fraction": target, "top1": top1, "params": 100,
             "macs": int(target * 1e6), "kept_channels": kept,
             "deployment": {"int8_bytes": int(1000 * target), "arena_bytes": 500},
             **extra}
@@ -159,3 +161,46 @@ def test_report_table_and_plots(tmp_path, monkeypatch):
     kept = bq.plot_kept_channels(rows, tmp_path / "k.png")
     for path in (flops, kept):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_labels_name_options_and_calibration_and_seeds_are_summarised():
+    gates = dict(options="diagonal=gates", calibration=1024)
+    rows = [_row("camp_hive", 0.25, 74.0, {"a": 8}, **gates),
+            _row("camp_hive", 0.25, 73.0, {"a": 8}, seed=1, **gates),
+            _row("camp_hive", 0.25, 72.5, {"a": 8}, seed=1, options="diagonal=gates"),
+            _row("camp_hive", 0.25, 71.0, {"a": 8}, calibration=128),  # the default: unnamed
+            _row("l1_uniform", 0.25, 75.0, {"a": 8}, seed=2),
+            _row("l1_uniform", 0.25, 74.0, {"a": 8}, seed=0)]
+    assert bq.label(rows[0]) == "CAMP-HiVe (diagonal=gates, 1,024 images)"
+    assert bq.label(rows[2]) == "CAMP-HiVe (diagonal=gates)"
+    assert bq.label(rows[3]) == "CAMP-HiVe"
+    assert bq.configuration(rows[0]) == bq.configuration(rows[1]) != bq.configuration(rows[2])
+    summary = bq.seed_summary(rows)
+    assert [s["label"] for s in summary] == ["CAMP-HiVe (diagonal=gates, 1,024 images)",
+                                             "L1 magnitude (uniform)"]
+    assert summary[0]["seeds"] == [0, 1] and summary[0]["top1"] == [74.0, 73.0]
+    assert summary[0]["mean"] == pytest.approx(73.5) and summary[0]["spread"] == pytest.approx(1.0)
+    assert summary[1]["seeds"] == [0, 2] and summary[1]["top1"] == [74.0, 75.0]
+    table = bq.seed_table(rows).splitlines()
+    assert len(table) == 2 + 2 and "| 0, 1 | 74.00, 73.00 | 73.50 | 1.00 |" in table[2]
+
+
+def test_report_reads_several_results_files_later_ones_replacing_runs(tmp_path, monkeypatch,
+                                                                        capsys):
+    monkeypatch.setattr(bq.bc, "CACHE_DIR", tmp_path)
+    (tmp_path / "results").mkdir()
+    first = [_row("dense", 1.0, 80.0, {"a": 16}), _row("l1_uniform", 0.25, 70.0, {"a": 8})]
+    second = [_row("l1_uniform", 0.25, 71.0, {"a": 8}),
+              _row("l1_uniform", 0.25, 73.0, {"a": 8}, seed=1)]
+    for stem, rows in (("one", first), ("two", second)):
+        (tmp_path / "results" / f"{stem}.json").write_text(json.dumps(rows))
+    rows = bq.main(["--report", "--results", "one,two", "--plots", str(tmp_path / "img")])
+    by_run = {r["run"]: r["top1"] for r in rows}
+    assert by_run == {first[0]["run"]: 80.0, first[1]["run"]: 71.0, second[1]["run"]: 73.0}
+    printed = capsys.readouterr().out
+    assert "| 0, 1 | 71.00, 73.00 | 72.00 | 2.00 |" in printed
+    assert (tmp_path / "img" / "quality_accuracy_flops.png").read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(bq.DataError, match="no results file .*three.json"):
+        bq.main(["--report", "--results", "one,three"])
+    with pytest.raises(InvalidPruningArgumentError, match="one results file"):
+        bq.main(["--latency", "2", "--results", "one,two"])

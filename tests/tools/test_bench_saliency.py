@@ -92,3 +92,15 @@ def test_signed_estimate_is_the_gates_removal_estimate(tiny):
     expected = tfprune.curvature.gate_curvature(model, loss, data, gates).removal_estimate()
     scores = np.concatenate([criterion(g, context) for g in groups])
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-9)
+
+
+def test_criteria_are_chosen_by_names_or_their_beginnings():
+    names = list(bs.criteria(None))
+    assert bs.chosen_criteria(None, None) == names
+    assert bs.chosen_criteria("L1 magnitude;CAMP-HiVe, gates, joint", None) == [
+        "L1 magnitude", "CAMP-HiVe, gates, joint", "CAMP-HiVe, gates, joint, 1,024 images"]
+    assert bs.chosen_criteria("Taylor |g w|", None) == ["Taylor |g w|"]
+    with pytest.raises(ValueError, match="begins no criterion"):
+        bs.chosen_criteria("L1 magnitude;Fisher", None)
+    with pytest.raises(ValueError, match="begins no criterion"):
+        bs.chosen_criteria(" ; ", None)
