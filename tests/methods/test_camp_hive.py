@@ -16,7 +16,7 @@ from tfprune.allocation.adaptive import AdaptiveThresholds
 from tfprune.allocation.ranking import normalized
 from tfprune.criteria import ScoringContext
 from tfprune.criteria.camp_hive import (CACHE_KEY, CampHiVeSaliency, CurvatureEstimate,
-                                        joint_scores)
+                                        joint_order, joint_scores)
 from tfprune.errors import (InvalidCriterionError, InvalidPruningArgumentError,
                             InvalidTargetError, MissingCalibrationDataError, MissingLossError)
 from tfprune.keras.camp_hive import CampHiVe
@@ -571,19 +571,20 @@ def test_joint_scores_follow_the_greedy_order_on_the_quadratic_model(seed):
     G, g = a.T @ a / 20, rng.normal(scale=0.3, size=n)
     removed = np.zeros(n, bool)
     removed[rng.choice(n, 2, replace=False)] = seed > 0
-    scores = joint_scores(g, G, removed)
     order = _greedy_brute_force(g, G, removed)
-    found = [int(c) for c in np.argsort(scores, kind="stable")]
+    found = [int(c) for c in joint_order(g, G, removed)]
     k = int(removed.sum())    # the removed channels first, in any order among themselves
     assert set(found[:k]) == set(order[:k]) and found[k:] == order[k:]
-    order = found
-    assert np.all(scores >= 0) and len(set(scores.tolist())) == n   # strictly ordered
-    assert np.all(scores[removed] < scores[~removed].min())
-    # each score is the largest conditional cost so far (clipped at 0), on the loss's scale
-    costs = [0.0 if removed[c] else (-g[c] + 0.5 * G[c, c] + G[c, order[:i]].sum())
-             for i, c in enumerate(order)]
-    np.testing.assert_allclose(scores[order], np.maximum.accumulate(np.maximum(costs, 0)),
-                               rtol=1e-6, atol=1e-8 * scores.max())   # the tie-break
+    # the single saliencies, sorted, handed out along that order: the same values (what the
+    # allocation across groups sees), strictly increasing along the joint order
+    single = np.abs(g) + np.maximum(0.5 * np.diag(G), 0)
+    scores = joint_scores(g, G, removed)
+    assert [int(c) for c in np.argsort(scores, kind="stable")] == found
+    np.testing.assert_allclose(np.sort(scores), np.sort(single), rtol=1e-9)
+    assert np.all(np.diff(scores[found]) > 0)
+    other = rng.uniform(size=n)
+    np.testing.assert_allclose(np.sort(joint_scores(g, G, removed, single=other)),
+                               np.sort(other), rtol=1e-9)
 
 
 def test_joint_scores_do_not_remove_both_copies_of_a_feature():
@@ -619,6 +620,23 @@ def test_joint_gate_scores_come_from_the_groups_gate_matrices():
         CampHiVeSaliency(joint=True)
     with pytest.raises(InvalidCriterionError, match="joint"):
         CampHiVeSaliency("gates", joint=1)
+
+
+def test_joint_takes_as_many_channels_per_group_as_the_single_gates_not_the_same_ones():
+    x, y = _digits()
+    removed = {}
+    for joint in (False, True):
+        keras.utils.set_random_seed(0)
+        model = _digits_cnn()
+        pruning = CampHiVe(tfprune.Target(flops=0.4), tfprune.OneShot(0),
+                           calibration_data=(x[:128], y[:128]), diagonal="gates",
+                           joint=joint, merge=False, verbose=0)
+        model.fit(x[:32], y[:32], batch_size=32, epochs=1, verbose=0, callbacks=[pruning])
+        removed[joint] = {gid: r.copy() for gid, r in pruning.removed.items()}
+    assert removed[True].keys() == removed[False].keys()
+    for gid in removed[True]:
+        assert removed[True][gid].sum() == removed[False][gid].sum()
+    assert any(not np.array_equal(removed[True][g], removed[False][g]) for g in removed[True])
 
 
 def test_joint_gates_prune_inside_fit_meet_the_target_and_round_trip():

@@ -32,12 +32,11 @@ sum of what each costs alone: two channels that carry the same feature are each 
 remove, and expensive to remove both. With the whole Gauss-Newton matrix `G` of a group's
 gates, removing a set `M` of its channels costs, to second order,
 `q(M) = -sum_{a in M} dL/ds_a + 1/2 sum_{a,b in M} G_ab`. The group's channels are ordered
-greedily on that model: the removed channels first, then at each step the channel whose removal
-adds least to `q` given those before it (its *conditional* cost
-`-dL/ds_c + 1/2 G_cc + sum_{m before c} G_cm`). A channel's score is the largest conditional
-cost up to its place in the order (at least 0), so that the lowest-scored channels of a group
-are always a prefix of the order, and each score is on the scale of a single channel's loss
-change, as the allocation across groups expects.
+greedily on that model (`joint_order`): the removed channels first, then at each step the
+channel whose removal adds least to `q` given those before it. The group's single saliencies,
+sorted, are then handed out along that order (`joint_scores`): the allocation across groups
+sees the same values as without `joint` and takes as many channels from each group, and the
+channels it takes are the first ones of the joint order.
 """
 
 from __future__ import annotations
@@ -110,19 +109,55 @@ def saliency_terms(gradient, weight, diagonal):
     return first, 0.5 * np.asarray(diagonal, dtype=np.float64) * w * w
 
 
-def joint_scores(gradient, matrix, removed=None) -> np.ndarray:
-    """Scores of a group's channels from the second-order model of removing them together.
+def joint_order(gradient, matrix, removed=None) -> np.ndarray:
+    """A group's channels in the greedy order of the second-order model of removing them
+    together, `q(M) = -sum_{a in M} dL/ds_a + 1/2 sum_{a,b in M} G_ab`: the removed channels
+    first, then at each step the channel whose conditional cost
+    `-dL/ds_c + 1/2 G_cc + sum_{m before c} G_cm` is least.
 
     Args:
         gradient: `(n,)` `dL/ds` per channel's gate.
         matrix: `(n, n)` Gauss-Newton matrix of the gates.
-        removed: `(n,)` bool, channels removed already (they come first in the order).
+        removed: `(n,)` bool, channels removed already.
 
     Returns:
-        `(n,)` non-negative scores: along the greedy order (at each step the channel whose
-        conditional cost `-dL/ds_c + 1/2 G_cc + sum_{m before c} G_cm` is least), the running
-        maximum of the conditional costs, at least 0, made strictly increasing by a tie-break
-        far below the scores' scale; the lowest `k` scores are the greedy order's first `k`.
+        `(n,)` channel indices.
+    """
+    gradient = np.asarray(gradient, dtype=np.float64)
+    matrix = np.asarray(matrix, dtype=np.float64)
+    n = len(gradient)
+    removed = np.zeros(n, bool) if removed is None else np.asarray(removed, bool)
+    conditional = -gradient + 0.5 * np.diag(matrix)
+    free = np.ones(n, bool)
+    order = []
+    for _ in range(n):
+        candidates = np.flatnonzero(free & removed) if (free & removed).any() \
+            else np.flatnonzero(free)
+        c = int(candidates[np.argmin(conditional[candidates])])
+        order.append(c)
+        free[c] = False
+        conditional = conditional + matrix[:, c]
+    return np.asarray(order)
+
+
+def joint_scores(gradient, matrix, removed=None, single=None) -> np.ndarray:
+    """A group's single saliencies, reassigned along the joint order (`joint_order`).
+
+    How many channels a group loses is left to the single saliencies (their values, sorted, are
+    what the allocation across groups sees, unchanged); which channels go follows the
+    second-order model of removing them together: the `k`-th channel of the joint order gets
+    the `k`-th smallest single saliency, so the lowest `k` scores are the order's first `k`.
+
+    Args:
+        gradient: `(n,)` `dL/ds` per channel's gate.
+        matrix: `(n, n)` Gauss-Newton matrix of the gates.
+        removed: `(n,)` bool, channels removed already (first in the order).
+        single: `(n,)` the single saliencies; None: CAMP-HiVe's
+            `|dL/ds| + max(1/2 G_cc, 0)`.
+
+    Returns:
+        `(n,)` scores, strictly increasing along the joint order (a tie-break far below
+        their scale separates equal values).
 
     Example:
 
@@ -132,28 +167,18 @@ def joint_scores(gradient, matrix, removed=None) -> np.ndarray:
     # channels 0 and 1 carry the same feature: each is cheap alone, not both
     g = np.zeros(3)
     G = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.5]])
-    joint_scores(g, G)    # channel 0 (0.5), then 2 (0.75), then 1 (1.5): 2 before 1
+    joint_scores(g, G)    # [0.5, 0.75, 0.5]: 0 goes first, then 2 (1 stays longest)
     ```
     """
     gradient = np.asarray(gradient, dtype=np.float64)
-    matrix = np.asarray(matrix, dtype=np.float64)
-    n = len(gradient)
-    removed = np.zeros(n, bool) if removed is None else np.asarray(removed, bool)
-    conditional = -gradient + 0.5 * np.diag(matrix)
-    free = np.ones(n, bool)
-    order, costs = [], []
-    for _ in range(n):
-        candidates = np.flatnonzero(free & removed) if (free & removed).any() \
-            else np.flatnonzero(free)
-        c = int(candidates[np.argmin(conditional[candidates])])
-        order.append(c)
-        costs.append(0.0 if removed[c] else conditional[c])
-        free[c] = False
-        conditional = conditional + matrix[:, c]
-    running = np.maximum.accumulate(np.maximum(np.asarray(costs), 0.0))
-    scale = max(float(running[-1]), 1e-30)
-    scores = np.empty(n)
-    scores[np.asarray(order)] = running + scale * 1e-9 * np.arange(n)
+    if single is None:
+        single = np.abs(gradient) + np.maximum(0.5 * np.diag(np.asarray(matrix, np.float64)), 0)
+    values = np.sort(np.asarray(single, dtype=np.float64))
+    step = 1e-12 * max(float(np.max(np.abs(values))), 1e-30)
+    for k in range(1, len(values)):           # strictly increasing: the order is a prefix
+        values[k] = max(values[k], values[k - 1] + step)
+    scores = np.empty(len(values))
+    scores[joint_order(gradient, matrix, removed)] = values
     return scores
 
 
@@ -181,9 +206,9 @@ class CampHiVeSaliency(Criterion):
         loss: the loss whose curvature is taken; None uses the model's compiled loss.
         batch_size: samples per batch of the curvature products.
         verbose: 1 prints each phase of `prepare` as it starts and ends, 0 is silent.
-        joint: with `diagonal="gates"`, score each group's channels together from the whole
-            Gauss-Newton matrix of its gates (`joint_scores`, module docstring) instead of
-            each alone.
+        joint: with `diagonal="gates"`, hand each group's single saliencies out along the
+            greedy order of removing its channels together (`joint_scores`, module
+            docstring): the same values per group, the joint choice of channels.
 
     Raises:
         InvalidCriterionError: an argument outside what is accepted.

@@ -127,10 +127,12 @@ class CampHiVe(PruningCallback):
         min_density: fraction of each group's channels (or kernel's weights) kept.
         verbose: 0 silent; 1 prints each event and the phases of its curvature.
         seed: seed of every random draw (with the event's step: resumed runs agree).
-        joint: with `diagonal="gates"`, score the channels of a group together: greedily on
-            the second-order model of removing them at once, from the whole Gauss-Newton
-            matrix of the group's gates (`tfprune.criteria.camp_hive.joint_scores`), so that
-            two channels carrying one feature are not both removed for each being cheap alone.
+        joint: with `diagonal="gates"`, choose *which* channels a group loses together:
+            greedily on the second-order model of removing them at once, from the whole
+            Gauss-Newton matrix of the group's gates, so that two channels carrying one
+            feature are not both removed for each being cheap alone; *how many* each group
+            loses stays what the single saliencies decide
+            (`tfprune.criteria.camp_hive.joint_scores`).
 
     Raises:
         InvalidPruningArgumentError, InvalidCriterionError: an argument outside what is
