@@ -140,7 +140,7 @@ def joint_order(gradient, matrix, removed=None) -> np.ndarray:
     return np.asarray(order)
 
 
-def joint_scores(gradient, matrix, removed=None, single=None) -> np.ndarray:
+def joint_scores(single, gradient, matrix, removed=None) -> np.ndarray:
     """A group's single saliencies, reassigned along the joint order (`joint_order`).
 
     How many channels a group loses is left to the single saliencies (their values, sorted, are
@@ -149,11 +149,10 @@ def joint_scores(gradient, matrix, removed=None, single=None) -> np.ndarray:
     the `k`-th smallest single saliency, so the lowest `k` scores are the order's first `k`.
 
     Args:
+        single: `(n,)` the channels' single saliencies (CAMP-HiVe's `|dL/ds| + 1/2 G_cc`).
         gradient: `(n,)` `dL/ds` per channel's gate.
         matrix: `(n, n)` Gauss-Newton matrix of the gates.
         removed: `(n,)` bool, channels removed already (first in the order).
-        single: `(n,)` the single saliencies; None: CAMP-HiVe's
-            `|dL/ds| + max(1/2 G_cc, 0)`.
 
     Returns:
         `(n,)` scores, strictly increasing along the joint order (a tie-break far below
@@ -167,12 +166,9 @@ def joint_scores(gradient, matrix, removed=None, single=None) -> np.ndarray:
     # channels 0 and 1 carry the same feature: each is cheap alone, not both
     g = np.zeros(3)
     G = np.array([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 1.5]])
-    joint_scores(g, G)    # [0.5, 0.75, 0.5]: 0 goes first, then 2 (1 stays longest)
+    joint_scores(0.5 * np.diag(G), g, G)   # [0.5, 0.75, 0.5]: 0 goes, then 2 (1 stays)
     ```
     """
-    gradient = np.asarray(gradient, dtype=np.float64)
-    if single is None:
-        single = np.abs(gradient) + np.maximum(0.5 * np.diag(np.asarray(matrix, np.float64)), 0)
     values = np.sort(np.asarray(single, dtype=np.float64))
     step = 1e-12 * max(float(np.max(np.abs(values))), 1e-30)
     for k in range(1, len(values)):           # strictly increasing: the order is a prefix
@@ -442,10 +438,11 @@ class CampHiVeSaliency(Criterion):
         estimate = context.cache[CACHE_KEY]
         if self.diagonal == GATES:
             first, second = estimate.gates[group.id]
+            single = np.abs(first) + np.maximum(second, 0.0)
             if self.joint:
-                return joint_scores(first, estimate.gate_blocks[group.id],
+                return joint_scores(single, first, estimate.gate_blocks[group.id],
                                     context.removed.get(group.id))
-            return np.abs(first) + np.maximum(second, 0.0)
+            return single
         diagonal = estimate.diagonal
         first, second = np.zeros(group.size), np.zeros(group.size)
         for slices in _trainable_slices_by_variable(group).values():
