@@ -159,7 +159,7 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
 def _check_blocks(blocks, n_gates: int) -> Tuple[Tuple[int, ...], ...]:
     if blocks is None:
         return ()
-    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, (Sequence, range)):
+    if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence):
         raise CurvatureError("blocks must be a list of lists of gate indices; received "
                              f"{type(blocks).__name__}")
     out = []
