@@ -687,7 +687,7 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
 
     markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*",
                "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
-               "dense_ft": "p", "narrow": "X"}
+               "dense_ft": "p", "narrow": "X", "gates_uniform": "d"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
