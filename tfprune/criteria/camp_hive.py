@@ -127,17 +127,15 @@ def joint_order(gradient, matrix, removed=None) -> np.ndarray:
     matrix = np.asarray(matrix, dtype=np.float64)
     n = len(gradient)
     removed = np.zeros(n, bool) if removed is None else np.asarray(removed, bool)
-    conditional = -gradient + 0.5 * np.diag(matrix)
-    free = np.ones(n, bool)
-    order = []
-    for _ in range(n):
-        candidates = np.flatnonzero(free & removed) if (free & removed).any() \
-            else np.flatnonzero(free)
-        c = int(candidates[np.argmin(conditional[candidates])])
+    order = [int(c) for c in np.flatnonzero(removed)]
+    conditional = -gradient + 0.5 * np.diag(matrix) + matrix[:, removed].sum(axis=1)
+    free = ~removed
+    while free.any():
+        c = int(np.argmin(np.where(free, conditional, np.inf)))
         order.append(c)
         free[c] = False
         conditional = conditional + matrix[:, c]
-    return np.asarray(order)
+    return np.asarray(order, dtype=np.int64)
 
 
 def joint_scores(single, gradient, matrix, removed=None) -> np.ndarray:

@@ -262,7 +262,7 @@ _PROGRAMS = weakref.WeakKeyDictionary()
 _VIEWS = weakref.WeakKeyDictionary()
 
 
-def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, blocks=()):
+def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, blocks):
     """The compiled per-batch step, kept per model and layout (traced once per batch shape)."""
     cache = _PROGRAMS.setdefault(forward, {})
     key = (layers, widths, assignment, n_gates, loss.name, loss.kind, loss.from_logits, logits,
