@@ -31,9 +31,9 @@ from tfprune import curvature  # noqa: E402,F401
 
 # --- pruning during fit (keras/) ---------------------------------------------------------
 from tfprune import allocation, criteria  # noqa: E402,F401
-from tfprune.keras import (ConstantSparsity, MagnitudePruning, OneShot,  # noqa: E402,F401
-                           PolynomialDecay, PruningCallback, PruningSummaries, PruningWrapper,
-                           Target, prunable, recalibrate_batchnorm, strip)
+from tfprune.keras import (ConstantSparsity, Distiller, MagnitudePruning,  # noqa: E402,F401
+                           OneShot, PolynomialDecay, PruningCallback, PruningSummaries,
+                           PruningWrapper, Target, prunable, recalibrate_batchnorm, strip)
 
 # --- methods -----------------------------------------------------------------------------
 from tfprune.keras.camp_hive import CampHiVe  # noqa: E402,F401

@@ -101,6 +101,8 @@ RECALIBRATION_IMAGES = 10_000
 RECALIBRATION_BATCH = 250
 #: Epochs (at the start of the fine-tuning) over which the methods prune.
 PRUNE_EPOCHS = 5
+#: Softmax temperature of the runs that distil from the dense model (`RunSpec.distill`).
+DISTILL_TEMPERATURE = 4.0
 
 # The priority order of the sweep: 25% FLOPs, 50% FLOPs, then weight granularity.
 PLANS = {
@@ -138,6 +140,9 @@ class RunSpec:
             they are part of the run's name.
         calibration: calibration images of a method that takes them (`CALIBRATION_IMAGES`);
             None: the method's default there. Part of the run's name when given.
+        distill: weight `alpha` of knowledge distillation from the dense model during the
+            pruning and fine-tuning epochs (`tfprune.Distiller`, temperature
+            `DISTILL_TEMPERATURE`); 0: none. Part of the run's name when given.
 
     Example:
 
@@ -156,6 +161,7 @@ class RunSpec:
     prune_epochs: int = PRUNE_EPOCHS
     options: str = ""
     calibration: Optional[int] = None
+    distill: float = 0.0
 
     @property
     def calibration_images(self) -> int:
@@ -215,6 +221,13 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"calibration={self.calibration!r}: a number of images >= 1, for "
                 f"{', '.join(CALIBRATION_IMAGES)} only")
+        if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) \
+                or not 0 <= self.distill <= 1:
+            raise InvalidPruningArgumentError(f"distill={self.distill!r}: a weight in [0, 1]")
+        if self.distill and self.method in ("dense", "dense_ft", "narrow"):
+            raise InvalidPruningArgumentError(
+                f"distill={self.distill!r}: the pruning methods distil from the dense model; "
+                f"{self.method!r} takes no distillation")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -231,6 +244,7 @@ class RunSpec:
         pace = "" if self.method == "narrow" else f"_p{self.prune_epochs}"
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
+        extra += f"_kd{self.distill:g}" if self.distill else ""
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -426,14 +440,24 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         pruning = make_pruning(spec, steps, calibration)
         prune_epochs = last if spec.granularity == "weight" else \
             first + max(1, spec.prune_epochs)
-        bc.fine_tune(dense, data, epochs=prune_epochs, initial_epoch=first, seed=spec.seed,
-                     lr=lr, batch_size=batch_size, callbacks=[pruning, epoch_log], verbose=0)
+        teacher = keras.models.load_model(dense_path) if spec.distill else None
+
+        def trained(model):  # the model `fit` trains: `model`, or a distiller around it
+            if teacher is None:
+                return model
+            return tfprune.Distiller(model, teacher, temperature=DISTILL_TEMPERATURE,
+                                     alpha=spec.distill)
+
+        bc.fine_tune(trained(dense), data, epochs=prune_epochs, initial_epoch=first,
+                     seed=spec.seed, lr=lr, batch_size=batch_size,
+                     callbacks=[pruning, epoch_log], verbose=0)
         row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
         small = tfprune.strip(dense)
         if prune_epochs < last:
             # Fresh Adam state, same peak and schedule position: what a user who strips
             # right after pruning can do.
-            bc.fine_tune(small, data, epochs=last, initial_epoch=prune_epochs, seed=spec.seed,
+            bc.fine_tune(trained(small), data, epochs=last, initial_epoch=prune_epochs,
+                         seed=spec.seed,
                          lr=ContinuedSchedule(lr, steps), batch_size=batch_size,
                          callbacks=[epoch_log], verbose=0)
         pruning_epochs = epoch_log.epochs[:prune_epochs - first]
@@ -595,7 +619,8 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 
 def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
-    when they are not the method's default, and its per-group floor if it has one."""
+    when they are not the method's default, its per-group floor and its distillation weight
+    if it has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -603,6 +628,8 @@ def label(row: dict) -> str:
         extra.append(f"{images:,} images")
     if floor:
         extra.append(f"min_density {floor:g}")
+    if row.get("distill"):
+        extra.append(f"distilled, alpha {row['distill']:g}")
     return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -790,7 +817,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        args.epochs, args.seed, args.min_density,
                        0 if method in REFERENCE_METHODS else args.prune_epochs,
                        args.options if method in OPTION_METHODS else "",
-                       args.calibration if method in CALIBRATION_IMAGES else None)
+                       args.calibration if method in CALIBRATION_IMAGES else None,
+                       0.0 if method in REFERENCE_METHODS else args.distill)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -826,6 +854,9 @@ def main(argv=None):
     parser.add_argument("--options", default="",
                         help="keyword arguments of " + ", ".join(OPTION_METHODS) + ", e.g. "
                              "'merge=False,hutchinson_samples=32' (part of the run's name)")
+    parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
+                        help="distil from the dense model with this weight (tfprune.Distiller, "
+                             f"temperature {DISTILL_TEMPERATURE:g}); part of the run's name")
     parser.add_argument("--calibration", type=int, default=None, metavar="IMAGES",
                         help="calibration images of " + ", ".join(CALIBRATION_IMAGES)
                              + " (default: " + ", ".join(f"{k} {v}" for k, v in

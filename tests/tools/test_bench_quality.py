@@ -42,6 +42,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "camp_hive", "options": "merge"}, "name=value"),
     ({"method": "l1", "calibration": 256}, "calibration=256"),
     ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
+    ({"method": "l1", "distill": 1.5}, r"distill=1.5: a weight in \[0, 1\]"),
+    ({"method": "narrow", "distill": 0.9}, "takes no distillation"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -64,6 +66,15 @@ def test_plans_cover_every_method_of_the_issue():
     assert pruning.merge is False and pruning.criterion.hutchinson_samples == 32
 
 
+def test_distillation_is_part_of_the_name_and_the_label():
+    spec = bq.RunSpec("l1_uniform", distill=0.9)
+    assert spec.name == "l1_uniform_channel_flops0.25_e10_p5_kd0.9_s0"
+    assert bq.RunSpec("l1_uniform").name != spec.name
+    row = {"method": "l1_uniform", "distill": 0.9, "run": spec.name}
+    assert bq.label(row) == "L1 magnitude (uniform) (distilled, alpha 0.9)"
+    assert bq.label({"method": "l1_uniform", "run": "x"}) == "L1 magnitude (uniform)"
+
+
 def test_calibration_images_default_per_method_and_can_be_set():
     assert bq.RunSpec("camp_hive").calibration_images == bq.CALIBRATION_IMAGES["camp_hive"]
     assert bq.RunSpec("l1").calibration_images == 0
@@ -76,7 +87,8 @@ def test_calibration_images_default_per_method_and_can_be_set():
     assert len(bq.make_pruning(bq.RunSpec("camp_hive"), 10, pool).calibration_data[0]) == 128
 
 
-def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path):
+@pytest.mark.parametrize("distill", [0.0, 0.9])
+def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path, distill):
     keras.utils.set_random_seed(0)
     # A small CNN ending in softmax, like the benchmark's ResNet-8 (fast to trace).
     cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
@@ -87,7 +99,7 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 128)
     data = ((x, y), (x[:64], y[:64]))
-    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2, prune_epochs=1)
+    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2, prune_epochs=1, distill=distill)
     kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
                   deploy=False, batch_size=32, log=None)
     row = bq.run(spec, data, dense_path, **kwargs)
@@ -98,6 +110,7 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     assert row["events"] == [0, 2]  # every half epoch (4 steps) of the one pruning epoch
     assert row["achieved"]["flops_kept"] <= 0.5
     small = keras.models.load_model(row["model_path"])
+    assert not isinstance(small, tfprune.Distiller) and row["distill"] == distill
     assert tfprune.profile(small).macs == row["macs"]
     assert row["flops_fraction"] == pytest.approx(row["achieved"]["flops_kept"], abs=1e-3)
     widths = bq.kept_channels(keras.models.load_model(dense_path))

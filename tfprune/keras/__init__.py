@@ -12,6 +12,7 @@ small = tfprune.strip(model)      # physically smaller, same outputs
 
 from tfprune.keras.batchnorm import recalibrate_batchnorm  # noqa: F401
 from tfprune.keras.callback import PruningCallback, PruningEvent, active_pruning  # noqa: F401
+from tfprune.keras.distill import Distiller  # noqa: F401
 from tfprune.keras.magnitude import MagnitudePruning  # noqa: F401
 from tfprune.keras.schedules import (ConstantSparsity, OneShot, PolynomialDecay,  # noqa: F401
                                      PruningSchedule)

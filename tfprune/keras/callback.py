@@ -53,6 +53,7 @@ from tfprune.errors import (InvalidCriterionError, InvalidPruningArgumentError,
                             InvalidScheduleError, InvalidTargetError,
                             MissingCalibrationDataError, NonFiniteError, NothingToPruneError)
 from tfprune.graph.paths import find_variable, iter_layers
+from tfprune.keras.distill import pruned_model
 from tfprune.keras.masks import MaskSet
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
@@ -240,11 +241,12 @@ class PruningCallback(keras.callbacks.Callback):
         if not model.optimizer.built:  # its slots must exist to be masked
             with model.distribute_strategy.scope():
                 model.optimizer.build(model.trainable_variables)
+        subject = self.subject
         if self.granularity == CHANNEL:
-            self._setup_channels(model)
+            self._setup_channels(subject, model)
         else:
-            self._setup_weights(model)
-        self._gradient_fn = loss_and_gradients(model) if self.calibration_data is not None \
+            self._setup_weights(subject, model)
+        self._gradient_fn = loss_and_gradients(subject) if self.calibration_data is not None \
             else None
         self._check_reachable()
         self._masks.attach()
@@ -253,7 +255,12 @@ class PruningCallback(keras.callbacks.Callback):
         self._logs = {}
         _ACTIVE[model] = self
         self._warn_if_schedule_too_long()
-        self._record_target(model)
+        self._record_target(subject)
+
+    @property
+    def subject(self) -> keras.Model:
+        """The model being pruned: the model of `fit`, or the student of a `tfprune.Distiller`."""
+        return pruned_model(self.model)
 
     def _record_target(self, model):
         """Keeps the target in a wrapped model's file; a resumed run toward another one warns."""
@@ -265,7 +272,7 @@ class PruningCallback(keras.callbacks.Callback):
                           f"run prunes it toward {self.target!r} and records the new target")
         record_target(model, self.target)
 
-    def _setup_channels(self, model):
+    def _setup_channels(self, model, fitted):
         from tfprune.graph import channel_groups
         from tfprune.profile import CostModel
 
@@ -286,18 +293,18 @@ class PruningCallback(keras.callbacks.Callback):
             for p in g.params:
                 variables.setdefault(f"{p.layer}/{p.weight}",
                                      find_variable(model, p.layer, p.weight))
-        self._masks = MaskSet(model, variables)
+        self._masks = MaskSet(fitted, variables)
         self._removed = {g.id: np.zeros(g.size, bool) for g in self.groups}
         self._dense_params = self.cost_model.dense["params"]
 
-    def _setup_weights(self, model):
+    def _setup_weights(self, model, fitted):
         variables = prunable_weights(model)
         if not variables:
             raise NothingToPruneError(
                 f"model {model.name!r} has no kernel to prune (variables named "
                 f"{', '.join(KERNELS)}, or a layer's get_prunable_weights())")
         self.groups, self.cost_model = [], None
-        self._masks = MaskSet(model, variables)
+        self._masks = MaskSet(fitted, variables)
         self._removed = {n: np.zeros(v.shape, bool) for n, v in zip(self._masks.names,
                                                                   self._masks.variables)}
         masks = {id(m) for m, owned in zip(self._masks.masks, self._masks.owned) if not owned}
@@ -371,7 +378,8 @@ class PruningCallback(keras.callbacks.Callback):
         if self.granularity == CHANNEL:
             from tfprune.shrink import zeroed_channels
 
-            zero = zeroed_channels(unwrap(self.model) if is_wrapped(self.model) else self.model,
+            subject = self.subject
+            zero = zeroed_channels(unwrap(subject) if is_wrapped(subject) else subject,
                                    self.groups)
             for g in self.groups:
                 self._removed[g.id][np.asarray(zero.get(g.id, []), dtype=np.int64)] = True
@@ -387,7 +395,7 @@ class PruningCallback(keras.callbacks.Callback):
         """Runs the pruning event of `step` now (the callback calls it on schedule)."""
         keep = self.target.at(self.schedule.progress(step))
         context = ScoringContext(
-            self.model, step=step, seed=self.seed, granularity=self.granularity,
+            self.subject, step=step, seed=self.seed, granularity=self.granularity,
             groups=self.groups, cost_model=self.cost_model,
             calibration_data=self.calibration_data,
             removed=self.removed,

@@ -195,7 +195,7 @@ class CampHiVe(PruningCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         try:  # a missing or unusable loss is refused before the first step, not at an event
-            self.criterion.check(self.model, None if self.granularity == CHANNEL
+            self.criterion.check(self.subject, None if self.granularity == CHANNEL
                                  else self._kernels().values())
         except Exception:
             self.on_train_end()
@@ -209,7 +209,7 @@ class CampHiVe(PruningCallback):
         """The curvature key of each pool: group ids, or each kernel's layer path."""
         if self.granularity == CHANNEL:
             return [g.id for g in self.groups]
-        owner = _owners(self.model)
+        owner = _owners(self.subject)
         return [owner.get(id(v), (None, None))[0] for v in self._kernels().values()]
 
     # --- the event -----------------------------------------------------------------------

@@ -241,7 +241,7 @@ class RDPrune(PruningCallback):
         super().on_train_begin(logs)
         self._mask_index = {n: i for i, n in enumerate(self._masks.names)}
         try:  # bad calibration data is refused before the first step
-            self._measure = OutputDistortion(self.model, self._masks.variables,
+            self._measure = OutputDistortion(self.subject, self._masks.variables,
                                              self.calibration_data, self.distortion,
                                              self.batch_size)
         except Exception:

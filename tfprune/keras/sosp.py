@@ -176,7 +176,7 @@ class SOSPH(PruningCallback):
     def on_train_begin(self, logs=None):
         super().on_train_begin(logs)
         try:  # a missing or unsuitable loss is refused before the first step, not at an event
-            self.criterion.check(self.model, self.groups)
+            self.criterion.check(self.subject, self.groups)
         except Exception:
             self.on_train_end()
             raise
