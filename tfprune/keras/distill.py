@@ -54,7 +54,8 @@ class Distiller(keras.Model):
         temperature: softmax temperature `T > 0` of the distillation term (4 by default).
         alpha: weight of the distillation term in `[0, 1]`; the compiled loss gets `1 - alpha`.
         from_logits: whether both models output logits; if False (a softmax output, as the
-            MLPerf Tiny ResNet-8), log-probabilities are taken as the logits.
+            MLPerf Tiny ResNet-8), log-probabilities are taken as the logits. Set it to match
+            the models: logits read as probabilities give a meaningless distillation term.
         **kwargs: `keras.Model` arguments (`name`).
 
     Raises:
@@ -66,10 +67,11 @@ class Distiller(keras.Model):
 
     ```python
     import keras, tfprune
-    teacher = tfprune.zoo.small_cnn()
+    teacher = tfprune.zoo.small_cnn()              # trained; ends in logits
     student = keras.models.clone_model(teacher)
-    kd = tfprune.Distiller(student, teacher, temperature=4.0, alpha=0.9)
-    kd.compile("adam", "sparse_categorical_crossentropy")
+    student.set_weights(teacher.get_weights())
+    kd = tfprune.Distiller(student, teacher, temperature=4.0, alpha=0.9, from_logits=True)
+    kd.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     kd.fit(x, y, epochs=1, callbacks=[tfprune.MagnitudePruning(tfprune.Target(flops=0.5),
                                                                tfprune.OneShot(0))])
     small = tfprune.strip(kd.student)
