@@ -224,7 +224,7 @@ class RunSpec:
         if isinstance(self.distill, bool) or not isinstance(self.distill, (int, float)) \
                 or not 0 <= self.distill <= 1:
             raise InvalidPruningArgumentError(f"distill={self.distill!r}: a weight in [0, 1]")
-        if self.distill and self.method in ("dense", "dense_ft", "narrow"):
+        if self.distill and self.method in REFERENCE_METHODS:
             raise InvalidPruningArgumentError(
                 f"distill={self.distill!r}: the pruning methods distil from the dense model; "
                 f"{self.method!r} takes no distillation")
