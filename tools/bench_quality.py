@@ -101,6 +101,9 @@ RECALIBRATION_IMAGES = 10_000
 RECALIBRATION_BATCH = 250
 #: Epochs (at the start of the fine-tuning) over which the methods prune.
 PRUNE_EPOCHS = 5
+#: Learning rates of the stripped model's epochs (`RunSpec.after_strip`).
+AFTER_STRIP = ("continue", "rewind")
+
 #: Softmax temperature of the runs that distil from the dense model (`RunSpec.distill`).
 DISTILL_TEMPERATURE = 4.0
 
@@ -143,6 +146,11 @@ class RunSpec:
         distill: weight `alpha` of knowledge distillation from the dense model during the
             pruning and fine-tuning epochs (`tfprune.Distiller`, temperature
             `DISTILL_TEMPERATURE`); 0: none. Part of the run's name when given.
+        after_strip: the learning rate of the stripped model's epochs (channel
+            granularity): `"continue"` the run's cosine decay where the pruning epochs left
+            it (the protocol), or `"rewind"` it: a new cosine decay from the peak
+            (`bench_common.FINE_TUNE_LR`) to 0 over the remaining epochs. Part of the run's
+            name when `"rewind"`.
 
     Example:
 
@@ -162,6 +170,7 @@ class RunSpec:
     options: str = ""
     calibration: Optional[int] = None
     distill: float = 0.0
+    after_strip: str = "continue"
 
     @property
     def calibration_images(self) -> int:
@@ -228,6 +237,14 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"distill={self.distill!r}: the pruning methods distil from the dense model; "
                 f"{self.method!r} takes no distillation")
+        if self.after_strip not in AFTER_STRIP:
+            raise InvalidPruningArgumentError(
+                f"after_strip={self.after_strip!r}: accepted are {', '.join(AFTER_STRIP)}")
+        if self.after_strip != "continue" and (self.method in REFERENCE_METHODS
+                                               or self.granularity != "channel"):
+            raise InvalidPruningArgumentError(
+                f"after_strip={self.after_strip!r}: only pruning runs at channel granularity "
+                f"are stripped; {self.method!r} at {self.granularity!r} granularity is not")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -245,6 +262,7 @@ class RunSpec:
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
+        extra += "_rewind" if self.after_strip == "rewind" else ""
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -448,18 +466,29 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
             return tfprune.Distiller(model, teacher, temperature=DISTILL_TEMPERATURE,
                                      alpha=spec.distill)
 
-        bc.fine_tune(trained(dense), data, epochs=prune_epochs, initial_epoch=first,
+        fitted = trained(dense)
+        bc.fine_tune(fitted, data, epochs=prune_epochs, initial_epoch=first,
                      seed=spec.seed, lr=lr, batch_size=batch_size,
                      callbacks=[pruning, epoch_log], verbose=0)
         row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
         small = tfprune.strip(dense)
         if prune_epochs < last:
-            # Fresh Adam state, same peak and schedule position: what a user who strips
-            # right after pruning can do.
-            bc.fine_tune(trained(small), data, epochs=last, initial_epoch=prune_epochs,
-                         seed=spec.seed,
-                         lr=ContinuedSchedule(lr, steps), batch_size=batch_size,
+            # Fresh Adam state. "continue": same peak and schedule position (the steps of
+            # the pruning epochs already taken), what a user who strips right after pruning
+            # can do; "rewind": the peak again, decayed to 0 over the remaining epochs.
+            if spec.after_strip == "rewind":
+                after = keras.optimizers.schedules.CosineDecay(
+                    bc.FINE_TUNE_LR, decay_steps=(last - prune_epochs) * steps)
+            else:
+                after = ContinuedSchedule(lr, (prune_epochs - first) * steps)
+            row["strip_lr"] = float(keras.ops.convert_to_numpy(after(0)))
+            fitted = trained(small)
+            bc.fine_tune(fitted, data, epochs=last, initial_epoch=prune_epochs,
+                         seed=spec.seed, lr=after, batch_size=batch_size,
                          callbacks=[epoch_log], verbose=0)
+        # The rate the schedule had reached after the last step: 0 at the end of the
+        # cosine decay, wherever the run was stripped.
+        row["final_lr"] = float(keras.ops.convert_to_numpy(fitted.optimizer.learning_rate))
         pruning_epochs = epoch_log.epochs[:prune_epochs - first]
         row.update(epoch_log=epoch_log.epochs,
                    prune_epoch_wall_s=epoch_log.epochs[0]["wall_s"],
@@ -619,8 +648,8 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 
 def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
-    when they are not the method's default, its per-group floor and its distillation weight
-    if it has them."""
+    when they are not the method's default, its per-group floor, its distillation weight and
+    a rewound learning rate after strip if it has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -630,6 +659,8 @@ def label(row: dict) -> str:
         extra.append(f"min_density {floor:g}")
     if row.get("distill"):
         extra.append(f"distilled, alpha {row['distill']:g}")
+    if row.get("after_strip", "continue") != "continue":
+        extra.append("learning rate rewound after strip")
     return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -818,7 +849,9 @@ def specs_from_args(args) -> List[RunSpec]:
                        0 if method in REFERENCE_METHODS else args.prune_epochs,
                        args.options if method in OPTION_METHODS else "",
                        args.calibration if method in CALIBRATION_IMAGES else None,
-                       0.0 if method in REFERENCE_METHODS else args.distill)
+                       0.0 if method in REFERENCE_METHODS else args.distill,
+                       "continue" if method in REFERENCE_METHODS or granularity != "channel"
+                       else args.after_strip)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -828,7 +861,8 @@ def specs_from_args(args) -> List[RunSpec]:
     return [spec(m, "channel", f) for f in args.flops for m in methods]
 
 
-def main(argv=None):
+def parse_args(argv=None) -> argparse.Namespace:
+    """The command line (`argv`, or `sys.argv[1:]`)."""
     parser = bc.add_data_dir_argument(argparse.ArgumentParser(description=__doc__.split("\n")[0]))
     parser.add_argument("--plan", help="comma-separated plans among " + ", ".join(PLANS))
     parser.add_argument("--method", default=",".join(CHANNEL_METHODS),
@@ -857,6 +891,10 @@ def main(argv=None):
     parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                         help="distil from the dense model with this weight (tfprune.Distiller, "
                              f"temperature {DISTILL_TEMPERATURE:g}); part of the run's name")
+    parser.add_argument("--after-strip", choices=AFTER_STRIP, default="continue",
+                        help="learning rate of the stripped model's epochs: continue the run's "
+                             "cosine decay (default) or rewind it to the peak, decayed to 0 "
+                             "over the remaining epochs; 'rewind' is part of the run's name")
     parser.add_argument("--calibration", type=int, default=None, metavar="IMAGES",
                         help="calibration images of " + ", ".join(CALIBRATION_IMAGES)
                              + " (default: " + ", ".join(f"{k} {v}" for k, v in
@@ -871,7 +909,11 @@ def main(argv=None):
     parser.add_argument("--latency", type=int, default=0, metavar="ROUNDS",
                         help="time every recorded int8 model (and tfmot's) side by side in "
                              "TFLite Micro, ROUNDS interleaved rounds, before --report")
-    args = parser.parse_args(argv)
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
     if args.plan and any(p not in PLANS for p in args.plan.split(",")):
         raise InvalidPruningArgumentError(f"--plan {args.plan}: accepted are {', '.join(PLANS)}")
 

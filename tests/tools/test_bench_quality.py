@@ -44,6 +44,10 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
     ({"method": "l1", "distill": 1.5}, r"distill=1.5: a weight in \[0, 1\]"),
     ({"method": "narrow", "distill": 0.9}, "takes no distillation"),
+    ({"method": "l1", "after_strip": "restart"}, "accepted are continue, rewind"),
+    ({"method": "narrow", "after_strip": "rewind"}, "only pruning runs at channel"),
+    ({"method": "magnitude", "granularity": "weight", "target": 0.9, "after_strip": "rewind"},
+     "only pruning runs at channel"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -75,6 +79,15 @@ def test_distillation_is_part_of_the_name_and_the_label():
     assert bq.label({"method": "l1_uniform", "run": "x"}) == "L1 magnitude (uniform)"
 
 
+def test_a_rewound_rate_after_strip_is_part_of_the_name_label_and_command_line():
+    spec = bq.RunSpec("camp_hive", after_strip="rewind")
+    assert spec.name == "camp_hive_channel_flops0.25_e10_p5_rewind_s0"
+    row = {"method": "camp_hive", "after_strip": "rewind", "run": spec.name}
+    assert bq.label(row) == "CAMP-HiVe (learning rate rewound after strip)"
+    args = bq.parse_args(["--method", "l1_uniform,narrow", "--after-strip", "rewind"])
+    assert [s.after_strip for s in bq.specs_from_args(args)] == ["rewind", "continue"]
+
+
 def test_calibration_images_default_per_method_and_can_be_set():
     assert bq.RunSpec("camp_hive").calibration_images == bq.CALIBRATION_IMAGES["camp_hive"]
     assert bq.RunSpec("l1").calibration_images == 0
@@ -87,8 +100,10 @@ def test_calibration_images_default_per_method_and_can_be_set():
     assert len(bq.make_pruning(bq.RunSpec("camp_hive"), 10, pool).calibration_data[0]) == 128
 
 
-@pytest.mark.parametrize("distill", [0.0, 0.9])
-def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path, distill):
+@pytest.mark.parametrize("distill, after_strip", [(0.0, "continue"), (0.9, "continue"),
+                                                  (0.0, "rewind")])
+def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_path, distill,
+                                                                          after_strip):
     keras.utils.set_random_seed(0)
     # A small CNN ending in softmax, like the benchmark's ResNet-8 (fast to trace).
     cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
@@ -99,15 +114,23 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
     y = rng.integers(0, 10, 128)
     data = ((x, y), (x[:64], y[:64]))
-    spec = bq.RunSpec("l1", "channel", 0.5, epochs=2, prune_epochs=1, distill=distill)
+    spec = bq.RunSpec("l1", "channel", 0.5, epochs=3, prune_epochs=2, distill=distill,
+                      after_strip=after_strip)
     kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
                   deploy=False, batch_size=32, log=None)
     row = bq.run(spec, data, dense_path, **kwargs)
 
     saved = json.loads((tmp_path / "q.json").read_text())
     assert [r["run"] for r in saved] == [spec.name]
-    assert [e["epoch"] for e in row["epoch_log"]] == [30, 31]
-    assert row["events"] == [0, 2]  # every half epoch (4 steps) of the one pruning epoch
+    assert [e["epoch"] for e in row["epoch_log"]] == [30, 31, 32]
+    assert row["events"] == [0, 2, 4, 6]  # every half epoch (4 steps) of the 2 pruning epochs
+    # "continue": the stripped model's schedule went on from the 8 steps of the pruning
+    # epochs (cosine decay over the run's 12 steps: a quarter of the peak there); "rewind": the peak
+    # again. Either way it ended at 0 after the last step.
+    peak = bq.bc.FINE_TUNE_LR
+    assert row["strip_lr"] == pytest.approx(peak / 4 if after_strip == "continue" else peak)
+    assert row["final_lr"] == pytest.approx(0.0, abs=1e-12)
+    assert spec.name.endswith("_rewind_s0") == (after_strip == "rewind")
     assert row["achieved"]["flops_kept"] <= 0.5
     small = keras.models.load_model(row["model_path"])
     assert not isinstance(small, tfprune.Distiller) and row["distill"] == distill
