@@ -14,7 +14,8 @@ at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(
 
 At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
 model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
-schedule (`ContinuedSchedule`) with a fresh Adam state. At weight granularity nothing can be
+schedule (`ContinuedSchedule`) with a fresh Adam state, or (`--after-strip rewind`) a new
+cosine decay from the peak over the remaining epochs. At weight granularity nothing can be
 stripped (single zeros stay in the kernels), so the callback stays attached for every epoch.
 The reference `dense_ft` fine-tunes the dense model with the same recipe and no pruning: the
 accuracy the extra epochs give without pruning, and the plain `fit` time of those epochs.
@@ -796,23 +797,25 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
 
 def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> pathlib.Path:
     """Channels each group keeps, per configuration (its lowest seed), at `target` FLOPs,
-    over the dense widths."""
+    over the dense widths (when `rows` hold the dense model)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    dense = next(r for r in rows if r["method"] == "dense")
-    groups = list(dense["kept_channels"])
+    dense = next((r for r in rows if r["method"] == "dense"), None)
     chosen = {}
     for r in sorted(rows, key=lambda r: r.get("seed", 0)):
         if r["granularity"] == "channel" and r["target"] == target \
                 and r["method"] in CHANNEL_METHODS + ("narrow",):
             chosen.setdefault(configuration(r), r)
     chosen = list(chosen.values())
+    reference = dense or (chosen[0] if chosen else {"kept_channels": {}})
+    groups = list(reference["kept_channels"])
     fig, ax = plt.subplots(figsize=(8, 4.5))
     x = np.arange(len(groups))
-    ax.bar(x, [dense["kept_channels"][g] for g in groups], 0.9, color="none", edgecolor="gray",
-           label="dense")
+    if dense:
+        ax.bar(x, [dense["kept_channels"][g] for g in groups], 0.9, color="none",
+               edgecolor="gray", label="dense")
     width = 0.85 / max(1, len(chosen))
     for i, r in enumerate(chosen):
         values = list(r["kept_channels"].values())

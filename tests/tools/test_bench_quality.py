@@ -125,8 +125,8 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     assert [e["epoch"] for e in row["epoch_log"]] == [30, 31, 32]
     assert row["events"] == [0, 2, 4, 6]  # every half epoch (4 steps) of the 2 pruning epochs
     # "continue": the stripped model's schedule went on from the 8 steps of the pruning
-    # epochs (cosine decay over the run's 12 steps: a quarter of the peak there); "rewind": the peak
-    # again. Either way it ended at 0 after the last step.
+    # epochs (cosine decay over the run's 12 steps: a quarter of the peak there);
+    # "rewind": the peak again. Either way it ended at 0 after the last step.
     peak = bq.bc.FINE_TUNE_LR
     assert row["strip_lr"] == pytest.approx(peak / 4 if after_strip == "continue" else peak)
     assert row["final_lr"] == pytest.approx(0.0, abs=1e-12)
@@ -195,7 +195,11 @@ def test_report_table_and_plots(tmp_path, monkeypatch):
     assert any("L1 magnitude (global)" in line and "(25%)" in line for line in table)
     flops = bq.plot_accuracy_flops(rows, tmp_path / "a.png")
     kept = bq.plot_kept_channels(rows, tmp_path / "k.png")
-    for path in (flops, kept):
+    # A results file of pruning runs only (no dense row) reports and plots too.
+    alone = [bq.plot_accuracy_flops(rows[1:], tmp_path / "a1.png"),
+             bq.plot_kept_channels(rows[1:], tmp_path / "k1.png")]
+    assert len(bq.report_table(rows[1:]).splitlines()) == 2 + len(rows) - 1
+    for path in (flops, kept, *alone):
         assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
