@@ -10,7 +10,8 @@ default), every method on the same events: every half epoch (S/2 steps, S the st
 epoch) from step 0 to the middle of the last pruning epoch, 2 x `prune_epochs` events, the
 target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epochs - 1) S/2,
 S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
-at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`).
+at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`). Every
+fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise.
 
 At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
 model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
@@ -45,6 +46,8 @@ Usage:
     python tools/bench_quality.py --method rd_prune,magnitude --sparsity 0.9 --epochs 2
     python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 10 epochs from scratch
     python tools/bench_quality.py --method camp_hive --options diagonal=gates --calibration 1024
+    python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
+        --batch-size 32                                             # run K's best recipe
     python tools/bench_quality.py --report                          # table + plots
     python tools/bench_quality.py --plan all --images 1024 --epochs 1 --results quality_dry
 """
@@ -172,6 +175,7 @@ class RunSpec:
     calibration: Optional[int] = None
     distill: float = 0.0
     after_strip: str = "continue"
+    batch_size: int = bc.PROTOCOL_BATCH
 
     @property
     def calibration_images(self) -> int:
@@ -216,8 +220,10 @@ class RunSpec:
                 f"method {self.method!r} has target 1.0; got {self.target}")
         if isinstance(self.min_density, bool) or not isinstance(self.min_density, (int, float)) \
                 or not 0 <= self.min_density < 1:
-            raise InvalidPruningArgumentError(f"min_density={self.min_density!r}: a number in [0, 1)")
-        for field, low in (("epochs", 1), ("seed", 0), ("prune_epochs", 0)):
+            raise InvalidPruningArgumentError(
+                f"min_density={self.min_density!r}: a number in [0, 1)")
+        for field, low in (("epochs", 1), ("seed", 0), ("prune_epochs", 0),
+                           ("batch_size", 1)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidPruningArgumentError(f"{field}={value!r}: an integer >= {low}")
@@ -246,6 +252,10 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"after_strip={self.after_strip!r}: only pruning runs at channel granularity "
                 f"are stripped; {self.method!r} at {self.granularity!r} granularity is not")
+        if self.batch_size != bc.PROTOCOL_BATCH and self.method in ("dense", "narrow"):
+            raise InvalidPruningArgumentError(
+                f"batch_size={self.batch_size}: {self.method!r} is trained with the protocol's "
+                f"batch of {bc.PROTOCOL_BATCH}; only the fine-tuning runs take another")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -264,6 +274,7 @@ class RunSpec:
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
         extra += "_rewind" if self.after_strip == "rewind" else ""
+        extra += "" if self.batch_size == bc.PROTOCOL_BATCH else f"_b{self.batch_size}"
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -391,7 +402,7 @@ def model_dir(results: str) -> pathlib.Path:
 
 def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_dir=None,
         models_dir=None, eval_data=None, deploy: bool = True,
-        batch_size: int = bc.PROTOCOL_BATCH, recalibrate: int = RECALIBRATION_IMAGES,
+        recalibrate: int = RECALIBRATION_IMAGES,
         log=sys.stdout) -> dict:
     """Prunes and fine-tunes (or trains, for `narrow`) one run; records and returns its row.
 
@@ -406,7 +417,6 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         models_dir: where the stripped model is saved (default `model_dir(results)`).
         eval_data: labelled data for int8 top-1 (the lossless 200), or None.
         deploy: measure the deployment figures (`bench_common.deployment_figures`).
-        batch_size: images per step.
         recalibrate: clean training images on which every BatchNormalization layer's
             statistics are re-estimated at the end (0: none); `top1` is then measured after,
             `top1_as_trained` before.
@@ -426,6 +436,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         print(f"{spec.name}: done already, skipped", file=log, flush=True)
         return done[spec.name]
     (x_train, y_train), (x_test, y_test) = data
+    batch_size = spec.batch_size
     steps = bc.steps_per_epoch(len(x_train), batch_size)
     first, last = bc.PROTOCOL_DENSE_EPOCHS, bc.PROTOCOL_DENSE_EPOCHS + spec.epochs
     dense = keras.models.load_model(dense_path)
@@ -433,8 +444,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
     epoch_log = bc.EpochLog(stream=log)
     print(f"{spec.name}: start", file=log, flush=True)
     t0, c0 = time.perf_counter(), bc.EpochLog.cpu_seconds()
-    row = {"run": spec.name, **dataclasses.asdict(spec), "batch_size": batch_size,
-           "train_images": len(x_train), "dense_model": str(dense_path)}
+    row = {"run": spec.name, **dataclasses.asdict(spec), "train_images": len(x_train), "dense_model": str(dense_path)}
     pruning = None
     if spec.method == "dense":
         small = dense
@@ -635,12 +645,13 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
     order = {m: i for i, m in enumerate(METHODS)}
     for r in sorted(rows, key=lambda r: (r["granularity"], -r["target"], order[r["method"]])):
         d = r.get("deployment", {})
-        target = "-" if r["method"] in ("dense", "dense_ft") else (
-            f"FLOPs {r['target']:g}" if r["granularity"] == "channel" else f"sparsity {r['target']:g}")
+        kind = "FLOPs" if r["granularity"] == "channel" else "sparsity"
+        target = "-" if r["method"] in ("dense", "dense_ft") else f"{kind} {r['target']:g}"
         lines.append(
             f"| {label(r)} (`{r['run']}`) | {target} | {r['flops_fraction']:.3f} | "
             f"{r['top1']:.2f} | {_fmt(d.get('top1_micro_int8'), 1)} | {r['params']:,} | "
-            f"{r['macs'] / 1e6:.2f} M | {_fmt(d.get('int8_bytes'))}{_pct(d.get('int8_bytes'), dd.get('int8_bytes'))} | "
+            f"{r['macs'] / 1e6:.2f} M | "
+            f"{_fmt(d.get('int8_bytes'))}{_pct(d.get('int8_bytes'), dd.get('int8_bytes'))} | "
             f"{_fmt(d.get('arena_bytes'))}{_pct(d.get('arena_bytes'), dd.get('arena_bytes'))} | "
             f"{_micro(r, d, dd, latency)} | "
             f"{_fmt(r.get('prune_epoch_cpu_s'), 0)} | {_fmt(r.get('run_cpu_s'), 0)} |")
@@ -649,8 +660,9 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 
 def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
-    when they are not the method's default, its per-group floor, its distillation weight and
-    a rewound learning rate after strip if it has them."""
+    when they are not the method's default, its per-group floor, its distillation weight, a
+    rewound learning rate after strip, a pruning phase other than the default 5 epochs and a
+    batch other than the protocol's if it has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -662,6 +674,12 @@ def label(row: dict) -> str:
         extra.append(f"distilled, alpha {row['distill']:g}")
     if row.get("after_strip", "continue") != "continue":
         extra.append("learning rate rewound after strip")
+    if row["method"] not in REFERENCE_METHODS and \
+            row.get("prune_epochs", PRUNE_EPOCHS) != PRUNE_EPOCHS:
+        extra.append("pruned once, before the first step" if row["prune_epochs"] == 0
+                     else f"pruning over {row['prune_epochs']} epochs")
+    if row.get("batch_size", bc.PROTOCOL_BATCH) != bc.PROTOCOL_BATCH:
+        extra.append(f"batch {row['batch_size']}")
     return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -854,7 +872,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        args.calibration if method in CALIBRATION_IMAGES else None,
                        0.0 if method in REFERENCE_METHODS else args.distill,
                        "continue" if method in REFERENCE_METHODS or granularity != "channel"
-                       else args.after_strip)
+                       else args.after_strip,
+                       bc.PROTOCOL_BATCH if method in ("dense", "narrow") else args.batch_size)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -894,6 +913,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--distill", type=float, default=0.0, metavar="ALPHA",
                         help="distil from the dense model with this weight (tfprune.Distiller, "
                              f"temperature {DISTILL_TEMPERATURE:g}); part of the run's name")
+    parser.add_argument("--batch-size", type=int, default=bc.PROTOCOL_BATCH,
+                        help="images per step of the fine-tuning runs (default: the "
+                             f"protocol's {bc.PROTOCOL_BATCH}); part of the run's name")
     parser.add_argument("--after-strip", choices=AFTER_STRIP, default="continue",
                         help="learning rate of the stripped model's epochs: continue the run's "
                              "cosine decay (default) or rewind it to the peak, decayed to 0 "

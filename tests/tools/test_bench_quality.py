@@ -48,6 +48,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "narrow", "after_strip": "rewind"}, "only pruning runs at channel"),
     ({"method": "magnitude", "granularity": "weight", "target": 0.9, "after_strip": "rewind"},
      "only pruning runs at channel"),
+    ({"method": "l1", "batch_size": 0}, "batch_size=0: an integer >= 1"),
+    ({"method": "narrow", "batch_size": 32}, "only the fine-tuning runs"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -88,6 +90,21 @@ def test_a_rewound_rate_after_strip_is_part_of_the_name_label_and_command_line()
     assert [s.after_strip for s in bq.specs_from_args(args)] == ["rewind", "continue"]
 
 
+def test_the_pruning_phase_and_the_batch_are_part_of_the_name_label_and_command_line():
+    spec = bq.RunSpec("sosp_h", prune_epochs=0, after_strip="rewind", batch_size=32)
+    assert spec.name == "sosp_h_channel_flops0.25_e10_p0_rewind_b32_s0"
+    row = {"method": "sosp_h", "after_strip": "rewind", "prune_epochs": 0, "batch_size": 32,
+           "run": spec.name}
+    assert bq.label(row) == ("SOSP-H (learning rate rewound after strip, pruned once, before "
+                             "the first step, batch 32)")
+    assert bq.label({**row, "prune_epochs": 2, "batch_size": 128, "after_strip": "continue"}) \
+        == "SOSP-H (pruning over 2 epochs)"
+    assert bq.label({"method": "narrow", "prune_epochs": 0, "run": "n"}) == bq.LABELS["narrow"]
+    assert bq.RunSpec("sosp_h").name == "sosp_h_channel_flops0.25_e10_p5_s0"
+    args = bq.parse_args(["--method", "l1_uniform,narrow", "--batch-size", "32"])
+    assert [s.batch_size for s in bq.specs_from_args(args)] == [32, bq.bc.PROTOCOL_BATCH]
+
+
 def test_calibration_images_default_per_method_and_can_be_set():
     assert bq.RunSpec("camp_hive").calibration_images == bq.CALIBRATION_IMAGES["camp_hive"]
     assert bq.RunSpec("l1").calibration_images == 0
@@ -115,9 +132,9 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     y = rng.integers(0, 10, 128)
     data = ((x, y), (x[:64], y[:64]))
     spec = bq.RunSpec("l1", "channel", 0.5, epochs=3, prune_epochs=2, distill=distill,
-                      after_strip=after_strip)
+                      after_strip=after_strip, batch_size=32)
     kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
-                  deploy=False, batch_size=32, log=None)
+                  deploy=False, log=None)
     row = bq.run(spec, data, dense_path, **kwargs)
 
     saved = json.loads((tmp_path / "q.json").read_text())
@@ -130,7 +147,7 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     peak = bq.bc.FINE_TUNE_LR
     assert row["strip_lr"] == pytest.approx(peak / 4 if after_strip == "continue" else peak)
     assert row["final_lr"] == pytest.approx(0.0, abs=1e-12)
-    assert spec.name.endswith("_rewind_s0") == (after_strip == "rewind")
+    assert spec.name.endswith("_rewind_b32_s0") == (after_strip == "rewind")
     assert row["achieved"]["flops_kept"] <= 0.5
     small = keras.models.load_model(row["model_path"])
     assert not isinstance(small, tfprune.Distiller) and row["distill"] == distill
