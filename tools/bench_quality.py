@@ -86,6 +86,8 @@ CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", 
                    "l1_normalized", "gates_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
 REFERENCE_METHODS = ("dense", "dense_ft", "narrow")
+#: Reference models trained with the protocol's own recipe and batch (`dense_ft` fine-tunes).
+PROTOCOL_TRAINED = ("dense", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
 LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "l1_normalized": "L1 magnitude (normalized)",
@@ -252,7 +254,7 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"after_strip={self.after_strip!r}: only pruning runs at channel granularity "
                 f"are stripped; {self.method!r} at {self.granularity!r} granularity is not")
-        if self.batch_size != bc.PROTOCOL_BATCH and self.method in ("dense", "narrow"):
+        if self.batch_size != bc.PROTOCOL_BATCH and self.method in PROTOCOL_TRAINED:
             raise InvalidPruningArgumentError(
                 f"batch_size={self.batch_size}: {self.method!r} is trained with the protocol's "
                 f"batch of {bc.PROTOCOL_BATCH}; only the fine-tuning runs take another")
@@ -436,22 +438,22 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         print(f"{spec.name}: done already, skipped", file=log, flush=True)
         return done[spec.name]
     (x_train, y_train), (x_test, y_test) = data
-    batch_size = spec.batch_size
-    steps = bc.steps_per_epoch(len(x_train), batch_size)
+    steps = bc.steps_per_epoch(len(x_train), spec.batch_size)
     first, last = bc.PROTOCOL_DENSE_EPOCHS, bc.PROTOCOL_DENSE_EPOCHS + spec.epochs
     dense = keras.models.load_model(dense_path)
     dense_macs = tfprune.profile(dense).macs
     epoch_log = bc.EpochLog(stream=log)
     print(f"{spec.name}: start", file=log, flush=True)
     t0, c0 = time.perf_counter(), bc.EpochLog.cpu_seconds()
-    row = {"run": spec.name, **dataclasses.asdict(spec), "train_images": len(x_train), "dense_model": str(dense_path)}
+    row = {"run": spec.name, **dataclasses.asdict(spec), "train_images": len(x_train),
+           "dense_model": str(dense_path)}
     pruning = None
     if spec.method == "dense":
         small = dense
     elif spec.method == "dense_ft":
         small = dense
         bc.fine_tune(dense, data, epochs=last, initial_epoch=first, seed=spec.seed,
-                     batch_size=batch_size, callbacks=[epoch_log], verbose=0)
+                     batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
         row.update(epoch_log=epoch_log.epochs, run_wall_s=round(time.perf_counter() - t0, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1))
     elif spec.method == "narrow":
@@ -479,7 +481,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
 
         fitted = trained(dense)
         bc.fine_tune(fitted, data, epochs=prune_epochs, initial_epoch=first,
-                     seed=spec.seed, lr=lr, batch_size=batch_size,
+                     seed=spec.seed, lr=lr, batch_size=spec.batch_size,
                      callbacks=[pruning, epoch_log], verbose=0)
         row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
         small = tfprune.strip(dense)
@@ -495,7 +497,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
             row["strip_lr"] = float(keras.ops.convert_to_numpy(after(0)))
             fitted = trained(small)
             bc.fine_tune(fitted, data, epochs=last, initial_epoch=prune_epochs,
-                         seed=spec.seed, lr=after, batch_size=batch_size,
+                         seed=spec.seed, lr=after, batch_size=spec.batch_size,
                          callbacks=[epoch_log], verbose=0)
         # The rate the schedule had reached after the last step: 0 at the end of the
         # cosine decay, wherever the run was stripped.
@@ -873,7 +875,7 @@ def specs_from_args(args) -> List[RunSpec]:
                        0.0 if method in REFERENCE_METHODS else args.distill,
                        "continue" if method in REFERENCE_METHODS or granularity != "channel"
                        else args.after_strip,
-                       bc.PROTOCOL_BATCH if method in ("dense", "narrow") else args.batch_size)
+                       bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
