@@ -11,7 +11,8 @@ epoch) from step 0 to the middle of the last pruning epoch, 2 x `prune_epochs` e
 target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epochs - 1) S/2,
 S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
 at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`). Every
-fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise.
+fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise,
+and the peak rate of 2e-3 unless `--lr` does.
 
 At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
 model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
@@ -20,6 +21,11 @@ cosine decay from the peak over the remaining epochs. At weight granularity noth
 stripped (single zeros stay in the kernels), so the callback stays attached for every epoch.
 The reference `dense_ft` fine-tunes the dense model with the same recipe and no pruning: the
 accuracy the extra epochs give without pruning, and the plain `fit` time of those epochs.
+`narrow` trains the architecture made narrower (`bench_common.width_mult_for_flops`) from
+scratch for 30 + `epochs` epochs with the protocol's recipe and batch; `narrow_ft` trains it
+for the dense model's 30 epochs and then fine-tunes it with the pruning runs' recipe (a
+cosine decay from the peak over `epochs` epochs, at `--batch-size`): the training a pruned
+model gets, the architecture fixed from the start.
 
 Each run appends a row to `cache/results/<results>.json` (`bench_common.append_result`) and
 saves the stripped model to `cache/quality/<run>.keras` (atomically, as soon as the run
@@ -45,6 +51,7 @@ Usage:
     python tools/bench_quality.py --method camp_hive,l1 --flops 0.5
     python tools/bench_quality.py --method rd_prune,magnitude --sparsity 0.9 --epochs 2
     python tools/bench_quality.py --method narrow --flops 0.25     # 30 + 10 epochs from scratch
+    python tools/bench_quality.py --method narrow_ft --batch-size 32  # 30 + 10 at batch 32
     python tools/bench_quality.py --method camp_hive --options diagonal=gates --calibration 1024
     python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
         --batch-size 32                                             # run K's best recipe
@@ -85,7 +92,7 @@ from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform",
                    "l1_normalized", "gates_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
-REFERENCE_METHODS = ("dense", "dense_ft", "narrow")
+REFERENCE_METHODS = ("dense", "dense_ft", "narrow", "narrow_ft")
 #: Reference models trained with the protocol's own recipe and batch (`dense_ft` fine-tunes).
 PROTOCOL_TRAINED = ("dense", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
@@ -95,7 +102,8 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
           "gates_uniform": "gate curvature (uniform)",
           "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
-          "narrow": "narrow from scratch"}
+          "narrow": "narrow from scratch",
+          "narrow_ft": "narrow from scratch, 30 epochs + fine-tuned"}
 #: Methods whose constructor takes `RunSpec.options` (`--options`).
 OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform")
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
@@ -157,6 +165,11 @@ class RunSpec:
             it (the protocol), or `"rewind"` it: a new cosine decay from the peak
             (`bench_common.FINE_TUNE_LR`) to 0 over the remaining epochs. Part of the run's
             name when `"rewind"`.
+        batch_size: images per step of the fine-tuning epochs (`dense` and `narrow` train
+            with the protocol's). Part of the run's name when not the protocol's 128.
+        lr: peak learning rate of the fine-tuning epochs' cosine decays (the rewound one
+            after strip too); `bench_common.FINE_TUNE_LR` (2e-3, the dense peak) by default.
+            Part of the run's name when not the default.
 
     Example:
 
@@ -178,6 +191,7 @@ class RunSpec:
     distill: float = 0.0
     after_strip: str = "continue"
     batch_size: int = bc.PROTOCOL_BATCH
+    lr: float = bc.FINE_TUNE_LR
 
     @property
     def calibration_images(self) -> int:
@@ -258,6 +272,13 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"batch_size={self.batch_size}: {self.method!r} is trained with the protocol's "
                 f"batch of {bc.PROTOCOL_BATCH}; only the fine-tuning runs take another")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) \
+                or not 0 < self.lr < 1:
+            raise InvalidPruningArgumentError(f"lr={self.lr!r}: a learning rate in (0, 1)")
+        if self.lr != bc.FINE_TUNE_LR and self.method in PROTOCOL_TRAINED:
+            raise InvalidPruningArgumentError(
+                f"lr={self.lr!r}: {self.method!r} is trained with the protocol's rate; only "
+                "the fine-tuning runs take another")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -271,12 +292,13 @@ class RunSpec:
             return f"dense_ft_e{self.epochs}_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
-        pace = "" if self.method == "narrow" else f"_p{self.prune_epochs}"
+        pace = "" if self.method in ("narrow", "narrow_ft") else f"_p{self.prune_epochs}"
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
         extra += "_rewind" if self.after_strip == "rewind" else ""
         extra += "" if self.batch_size == bc.PROTOCOL_BATCH else f"_b{self.batch_size}"
+        extra += "" if self.lr == bc.FINE_TUNE_LR else f"_lr{self.lr:g}"
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -453,9 +475,24 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
     elif spec.method == "dense_ft":
         small = dense
         bc.fine_tune(dense, data, epochs=last, initial_epoch=first, seed=spec.seed,
-                     batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
+                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
         row.update(epoch_log=epoch_log.epochs, run_wall_s=round(time.perf_counter() - t0, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1))
+    elif spec.method == "narrow_ft":
+        # The narrow model trained with the protocol for the dense model's 30 epochs, then
+        # fine-tuned for `epochs` with the pruning runs' recipe (a new cosine decay from their
+        # peak rate, their batch): the training a pruned model gets, with the architecture
+        # fixed from the start.
+        mult = bc.width_mult_for_flops(spec.target)
+        small = bc.narrow_resnet8(mult, epochs=first, seed=spec.seed, log_stream=log)
+        info = bc.model_info(bc.narrow_resnet8_path(mult, first, spec.seed))
+        row["top1_before_fine_tuning"] = round(bc.evaluate(small, x_test, y_test), 2)
+        t1, c1 = time.perf_counter(), bc.EpochLog.cpu_seconds()
+        bc.fine_tune(small, data, epochs=last, initial_epoch=first, seed=spec.seed,
+                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
+        row.update(width_mult=mult, widths=info["widths"], epoch_log=epoch_log.epochs,
+                   run_wall_s=round(time.perf_counter() - t1, 1),
+                   run_cpu_s=round(bc.EpochLog.cpu_seconds() - c1, 1))
     elif spec.method == "narrow":
         # The same architecture made narrower, trained from scratch for 30 + epochs epochs.
         mult = bc.width_mult_for_flops(spec.target)
@@ -466,7 +503,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
     else:
         calibration = calibration_set(x_train, y_train, spec.seed,
                                       max(1024, spec.calibration_images))
-        lr = keras.optimizers.schedules.CosineDecay(bc.FINE_TUNE_LR,
+        lr = keras.optimizers.schedules.CosineDecay(spec.lr,
                                                     decay_steps=spec.epochs * steps)
         pruning = make_pruning(spec, steps, calibration)
         prune_epochs = last if spec.granularity == "weight" else \
@@ -491,7 +528,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
             # can do; "rewind": the peak again, decayed to 0 over the remaining epochs.
             if spec.after_strip == "rewind":
                 after = keras.optimizers.schedules.CosineDecay(
-                    bc.FINE_TUNE_LR, decay_steps=(last - prune_epochs) * steps)
+                    spec.lr, decay_steps=(last - prune_epochs) * steps)
             else:
                 after = ContinuedSchedule(lr, (prune_epochs - first) * steps)
             row["strip_lr"] = float(keras.ops.convert_to_numpy(after(0)))
@@ -663,8 +700,9 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
     when they are not the method's default, its per-group floor, its distillation weight, a
-    rewound learning rate after strip, a pruning phase other than the default 5 epochs and a
-    batch other than the protocol's if it has them."""
+    rewound learning rate after strip, a pruning phase other than the default 5 epochs, a
+    batch other than the protocol's and a peak learning rate other than the default if it
+    has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -682,6 +720,8 @@ def label(row: dict) -> str:
                      else f"pruning over {row['prune_epochs']} epochs")
     if row.get("batch_size", bc.PROTOCOL_BATCH) != bc.PROTOCOL_BATCH:
         extra.append(f"batch {row['batch_size']}")
+    if row.get("lr", bc.FINE_TUNE_LR) != bc.FINE_TUNE_LR:
+        extra.append(f"peak rate {row['lr']:g}")
     return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -766,7 +806,7 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
 
     markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*",
                "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
-               "dense_ft": "p", "narrow": "X", "gates_uniform": "d"}
+               "dense_ft": "p", "narrow": "X", "narrow_ft": "x", "gates_uniform": "d"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
@@ -826,7 +866,7 @@ def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> path
     chosen = {}
     for r in sorted(rows, key=lambda r: r.get("seed", 0)):
         if r["granularity"] == "channel" and r["target"] == target \
-                and r["method"] in CHANNEL_METHODS + ("narrow",):
+                and r["method"] in CHANNEL_METHODS + ("narrow", "narrow_ft"):
             chosen.setdefault(configuration(r), r)
     chosen = list(chosen.values())
     reference = dense or (chosen[0] if chosen else {"kept_channels": {}})
@@ -875,7 +915,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        0.0 if method in REFERENCE_METHODS else args.distill,
                        "continue" if method in REFERENCE_METHODS or granularity != "channel"
                        else args.after_strip,
-                       bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size)
+                       bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size,
+                       bc.FINE_TUNE_LR if method in PROTOCOL_TRAINED else args.lr)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -918,6 +959,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=bc.PROTOCOL_BATCH,
                         help="images per step of the fine-tuning runs (default: the "
                              f"protocol's {bc.PROTOCOL_BATCH}); part of the run's name")
+    parser.add_argument("--lr", type=float, default=bc.FINE_TUNE_LR,
+                        help="peak learning rate of the fine-tuning runs' cosine decays "
+                             f"(default {bc.FINE_TUNE_LR:g}); part of the run's name")
     parser.add_argument("--after-strip", choices=AFTER_STRIP, default="continue",
                         help="learning rate of the stripped model's epochs: continue the run's "
                              "cosine decay (default) or rewind it to the peak, decayed to 0 "

@@ -50,6 +50,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
      "only pruning runs at channel"),
     ({"method": "l1", "batch_size": 0}, "batch_size=0: an integer >= 1"),
     ({"method": "narrow", "batch_size": 32}, "only the fine-tuning runs"),
+    ({"method": "l1", "lr": 0.0}, r"lr=0.0: a learning rate in \(0, 1\)"),
+    ({"method": "dense", "target": 1.0, "lr": 1e-3}, "only the fine-tuning runs take another"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -132,7 +134,8 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     y = rng.integers(0, 10, 128)
     data = ((x, y), (x[:64], y[:64]))
     spec = bq.RunSpec("l1", "channel", 0.5, epochs=3, prune_epochs=2, distill=distill,
-                      after_strip=after_strip, batch_size=32)
+                      after_strip=after_strip, batch_size=32,
+                      lr=1e-3 if after_strip == "rewind" else bq.bc.FINE_TUNE_LR)
     kwargs = dict(results="q", results_dir=tmp_path, models_dir=tmp_path / "models",
                   deploy=False, log=None)
     row = bq.run(spec, data, dense_path, **kwargs)
@@ -143,11 +146,11 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     assert row["events"] == [0, 2, 4, 6]  # every half epoch (4 steps) of the 2 pruning epochs
     # "continue": the stripped model's schedule went on from the 8 steps of the pruning
     # epochs (cosine decay over the run's 12 steps: a quarter of the peak there);
-    # "rewind": the peak again. Either way it ended at 0 after the last step.
-    peak = bq.bc.FINE_TUNE_LR
+    # "rewind": the run's peak again. Either way it ended at 0 after the last step.
+    peak = spec.lr
     assert row["strip_lr"] == pytest.approx(peak / 4 if after_strip == "continue" else peak)
     assert row["final_lr"] == pytest.approx(0.0, abs=1e-12)
-    assert spec.name.endswith("_rewind_b32_s0") == (after_strip == "rewind")
+    assert spec.name.endswith("_rewind_b32_lr0.001_s0") == (after_strip == "rewind")
     assert row["achieved"]["flops_kept"] <= 0.5
     small = keras.models.load_model(row["model_path"])
     assert not isinstance(small, tfprune.Distiller) and row["distill"] == distill
@@ -168,6 +171,49 @@ def test_a_run_prunes_strips_fine_tunes_records_and_is_skipped_when_done(tmp_pat
     dense_path.unlink()
     assert bq.run(spec, data, dense_path, **kwargs) == saved[0]
     assert len(json.loads((tmp_path / "q.json").read_text())) == 1
+
+
+def test_narrow_ft_fine_tunes_the_30_epoch_narrow_model_at_the_runs_batch(tmp_path,
+                                                                         monkeypatch):
+    keras.utils.set_random_seed(0)
+    def softmax_cnn(widths):
+        cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=widths, dense=8)
+        return keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+
+    dense_path = tmp_path / "dense.keras"
+    softmax_cnn((4, 8)).save(dense_path)
+    narrow = softmax_cnn((2, 4))
+    before = [w.copy() for w in narrow.get_weights()]
+    asked = []
+
+    def cached_narrow(width_mult, epochs, seed, log_stream):
+        asked.append((width_mult, epochs, seed))
+        return narrow
+
+    monkeypatch.setattr(bq.bc, "narrow_resnet8", cached_narrow)
+    monkeypatch.setattr(bq.bc, "model_info", lambda path: {"widths": [2, 4]})
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 128)
+    spec = bq.RunSpec("narrow_ft", "channel", 0.25, epochs=2, prune_epochs=0, batch_size=32)
+    assert spec.name == "narrow_ft_channel_flops0.25_e2_b32_s0"
+    row = bq.run(spec, ((x, y), (x[:64], y[:64])), dense_path, results="q",
+                 results_dir=tmp_path, models_dir=tmp_path / "models", deploy=False, log=None)
+    # The 30-epoch narrow model, fine-tuned for the run's 2 epochs (30 and 31).
+    assert asked == [(bq.bc.width_mult_for_flops(0.25), bq.bc.PROTOCOL_DENSE_EPOCHS, 0)]
+    assert [e["epoch"] for e in row["epoch_log"]] == [30, 31]
+    assert any(not np.array_equal(a, b) for a, b in zip(before, narrow.get_weights()))
+    assert 0 <= row["top1_before_fine_tuning"] <= 100 and row["widths"] == [2, 4]
+    assert row["params"] == tfprune.profile(narrow).params
+    assert bq.label(row) == "narrow from scratch, 30 epochs + fine-tuned (batch 32)"
+    args = bq.parse_args(["--method", "narrow,narrow_ft", "--batch-size", "32",
+                          "--lr", "1e-3"])
+    assert [(s.batch_size, s.lr) for s in bq.specs_from_args(args)] == [
+        (bq.bc.PROTOCOL_BATCH, bq.bc.FINE_TUNE_LR), (32, 1e-3)]
+    spec = bq.RunSpec("l1_uniform", lr=1e-3)
+    assert spec.name == "l1_uniform_channel_flops0.25_e10_p5_lr0.001_s0"
+    assert bq.label({"method": "l1_uniform", "lr": 1e-3, "run": "x"}) == \
+        "L1 magnitude (uniform) (peak rate 0.001)"
 
 
 def test_gates_uniform_prunes_each_group_alike_with_the_gate_saliency():

@@ -1,0 +1,54 @@
+"""Tests of the no-fine-tuning benchmark (`tools/bench_no_finetune.py`) on a tiny CNN."""
+
+import pathlib
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+TOOLS = pathlib.Path(__file__).resolve().parents[2] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+import bench_no_finetune as bn  # noqa: E402
+import tfprune  # noqa: E402
+from tfprune.errors import InvalidPruningArgumentError  # noqa: E402
+
+
+def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
+    spec = bn.parse_config("camp_hive:diagonal=gates,merge=False", 0.5, 1, calibration=256)
+    assert (spec.method, spec.target, spec.seed, spec.prune_epochs) == ("camp_hive", 0.5, 1, 0)
+    assert spec.keyword_arguments() == {"diagonal": "gates", "merge": False}
+    assert spec.calibration_images == 256
+    assert bn.parse_config("l1_uniform", 0.25, 0, calibration=256).calibration_images == 0
+    for bad in ("obd", "narrow", "dense"):
+        with pytest.raises(InvalidPruningArgumentError, match="must be one of"):
+            bn.parse_config(bad, 0.25, 0)
+    with pytest.raises(InvalidPruningArgumentError, match="only camp_hive"):
+        bn.parse_config("l1:merge=False", 0.25, 0)
+
+
+@pytest.mark.parametrize("config", ["l1_uniform", "camp_hive:merge=False"])
+def test_measure_prunes_a_copy_once_and_evaluates_it_before_and_after_bn(config):
+    keras.utils.set_random_seed(0)
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
+    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    dense.compile("adam", "sparse_categorical_crossentropy")
+    before = [w.copy() for w in dense.get_weights()]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 128)
+    spec = bn.parse_config(config, 0.5, 0, calibration=64)
+    row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=128)
+    assert all(np.array_equal(a, b) for a, b in zip(before, dense.get_weights()))
+    assert 0 < row["flops_fraction"] <= 0.5
+    full = bn.bq.kept_channels(dense)
+    assert set(row["kept_channels"]) == set(full)
+    assert sum(row["kept_channels"].values()) < sum(full.values())
+    assert 0 <= row["top1_as_pruned"] <= 100 and 0 <= row["top1"] <= 100
+    assert row["calibration_images"] == (64 if config.startswith("camp_hive") else 0)
+    assert row["config"].startswith("L1 magnitude (uniform)" if config == "l1_uniform"
+                                    else "CAMP-HiVe (merge=False, 64 images)")
+    assert "pruned once" not in row["config"]
+    lines = bn.table([row]).splitlines()
+    assert len(lines) == 3 and row["config"] in lines[2]
