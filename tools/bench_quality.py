@@ -787,6 +787,22 @@ def _latest(rows: Sequence[dict]) -> List[dict]:
     return list({r["run"]: r for r in rows if "run" in r}.values())
 
 
+def select_rows(rows: Sequence[dict], pattern: Optional[str]) -> List[dict]:
+    """The rows whose run name matches the regular expression `pattern`, and the dense rows.
+
+    `None` keeps every row. The dense model is the reference of the table and the plots, so it
+    stays whatever the pattern; a pattern that is not a regular expression is refused.
+    """
+    if pattern is None:
+        return list(rows)
+    try:
+        compiled = re.compile(pattern)
+    except re.error as e:
+        raise InvalidPruningArgumentError(
+            f"--match {pattern!r}: not a regular expression ({e})") from None
+    return [r for r in rows if r["method"] == "dense" or compiled.search(r["run"])]
+
+
 def tfmot_references() -> List[dict]:
     """tfmot `prune_low_magnitude` runs of `cache/tfmot/` (same protocol, this machine)."""
     found = []
@@ -847,11 +863,11 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
         ax.set_ylim(bottom=floor)
     ax.set_xlabel("FLOPs kept (fraction of the dense ResNet-8)")
     ax.set_ylabel("float top-1 on the 10k CIFAR-10 test images (%)")
-    ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning (mean over seeds, "
-                 "bars: their range)")
+    ax.set_title("ResNet-8 / CIFAR-10: channel pruning + fine-tuning\n(mean over seeds, "
+                 "bars: their range)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
-    fig.tight_layout()
+    # Below the axes: the labels name options and recipes and would hide the points.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     return _save_figure(fig, path)
 
 
@@ -894,7 +910,8 @@ def _save_figure(fig, path) -> pathlib.Path:
     import matplotlib.pyplot as plt
 
     path = pathlib.Path(path)
-    bc._atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png"))
+    bc._atomic_write(path, lambda p: fig.savefig(p, dpi=110, format="png",
+                                                 bbox_inches="tight"))
     plt.close(fig)
     return path
 
@@ -977,6 +994,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="re-estimate the BatchNorm statistics of every final model on "
                              "this many clean training images (0: keep them as trained)")
     parser.add_argument("--report", action="store_true", help="print the table, write the plots")
+    parser.add_argument("--match", default=None, metavar="REGEX",
+                        help="--report: only the runs whose name matches this regular "
+                             "expression (and the dense model), e.g. 'b16_lr0.004'")
     parser.add_argument("--latency", type=int, default=0, metavar="ROUNDS",
                         help="time every recorded int8 model (and tfmot's) side by side in "
                              "TFLite Micro, ROUNDS interleaved rounds, before --report")
@@ -993,7 +1013,7 @@ def main(argv=None):
         if args.latency and len(stems) != 1:
             raise InvalidPruningArgumentError(
                 f"--latency times the models of one results file; --results {args.results}")
-        rows = _latest(report_rows(stems))
+        rows = select_rows(_latest(report_rows(stems)), args.match)
         latency_path = bc.CACHE_DIR / "results" / f"{stems[0]}_latency.json"
         if args.latency:
             dense = next(r["run"] for r in rows if r["method"] == "dense")

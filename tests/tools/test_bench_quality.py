@@ -303,6 +303,12 @@ def test_report_reads_several_results_files_later_ones_replacing_runs(tmp_path, 
     printed = capsys.readouterr().out
     assert "| 0, 1 | 71.00, 73.00 | 72.00 | 2.00 |" in printed
     assert (tmp_path / "img" / "quality_accuracy_flops.png").read_bytes()[:4] == b"\x89PNG"
+    # --match keeps the matching runs and the dense reference.
+    rows = bq.main(["--report", "--results", "one,two", "--match", "_s1$",
+                    "--plots", str(tmp_path / "img")])
+    assert sorted(r["run"] for r in rows) == sorted([first[0]["run"], second[1]["run"]])
+    with pytest.raises(InvalidPruningArgumentError, match="--match '_s1\\(': not a regular"):
+        bq.main(["--report", "--results", "one,two", "--match", "_s1("])
     with pytest.raises(bq.DataError, match="no results file .*three.json"):
         bq.main(["--report", "--results", "one,three"])
     with pytest.raises(InvalidPruningArgumentError, match="one results file"):
