@@ -56,6 +56,8 @@ Usage:
     python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
         --batch-size 32                                             # run K's best recipe
     python tools/bench_quality.py --report                          # table + plots
+    python tools/bench_quality.py --report --results quality_runL,quality_runM \
+        --match b16_lr0.004 --plots out/img                         # one recipe's runs
     python tools/bench_quality.py --plan all --images 1024 --epochs 1 --results quality_dry
 """
 
@@ -1008,6 +1010,9 @@ def main(argv=None):
     if args.plan and any(p not in PLANS for p in args.plan.split(",")):
         raise InvalidPruningArgumentError(f"--plan {args.plan}: accepted are {', '.join(PLANS)}")
 
+    if args.match is not None and not (args.report or args.latency):
+        raise InvalidPruningArgumentError(
+            f"--match {args.match!r} selects the runs of --report or --latency; give one of them")
     if args.report or args.latency:
         stems = [s for s in args.results.split(",") if s]
         if args.latency and len(stems) != 1:

@@ -309,6 +309,8 @@ def test_report_reads_several_results_files_later_ones_replacing_runs(tmp_path, 
     assert sorted(r["run"] for r in rows) == sorted([first[0]["run"], second[1]["run"]])
     with pytest.raises(InvalidPruningArgumentError, match="--match '_s1\\(': not a regular"):
         bq.main(["--report", "--results", "one,two", "--match", "_s1("])
+    with pytest.raises(InvalidPruningArgumentError, match="--match '_s1' selects the runs"):
+        bq.main(["--results", "one,two", "--match", "_s1"])
     with pytest.raises(bq.DataError, match="no results file .*three.json"):
         bq.main(["--report", "--results", "one,three"])
     with pytest.raises(InvalidPruningArgumentError, match="one results file"):
