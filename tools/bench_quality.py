@@ -94,7 +94,9 @@ from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform",
                    "l1_normalized", "gates_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
-REFERENCE_METHODS = ("dense", "dense_ft", "narrow", "narrow_ft")
+#: The same architecture made narrower and trained from scratch.
+NARROW_METHODS = ("narrow", "narrow_ft")
+REFERENCE_METHODS = ("dense", "dense_ft") + NARROW_METHODS
 #: Reference models trained with the protocol's own recipe and batch (`dense_ft` fine-tunes).
 PROTOCOL_TRAINED = ("dense", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
@@ -294,7 +296,7 @@ class RunSpec:
             return f"dense_ft_e{self.epochs}_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
-        pace = "" if self.method in ("narrow", "narrow_ft") else f"_p{self.prune_epochs}"
+        pace = "" if self.method in NARROW_METHODS else f"_p{self.prune_epochs}"
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
@@ -884,7 +886,7 @@ def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> path
     chosen = {}
     for r in sorted(rows, key=lambda r: r.get("seed", 0)):
         if r["granularity"] == "channel" and r["target"] == target \
-                and r["method"] in CHANNEL_METHODS + ("narrow", "narrow_ft"):
+                and r["method"] in CHANNEL_METHODS + NARROW_METHODS:
             chosen.setdefault(configuration(r), r)
     chosen = list(chosen.values())
     reference = dense or (chosen[0] if chosen else {"kept_channels": {}})
