@@ -181,21 +181,25 @@ def _saliencies(model, data, groups):
     return {g.id: criterion(g, context) for g in groups}
 
 
-@pytest.mark.parametrize("target, per_flop", [
-    (tfprune.Target(flops=0.5), False), (tfprune.Target(params=0.4), False),
-    (tfprune.Target(flops=0.6), True)])
-def test_global_ranking_meets_the_target_with_the_lowest_saliencies(target, per_flop):
+@pytest.mark.parametrize("target, per_flop, allocation", [
+    (tfprune.Target(flops=0.5), False, "global"), (tfprune.Target(params=0.4), False, "global"),
+    (tfprune.Target(flops=0.6), True, "global"), (tfprune.Target(flops=0.6), True, None),
+    (tfprune.Target(params=0.5), True, "normalized")])
+def test_global_ranking_meets_the_target_with_the_lowest_saliencies(target, per_flop,
+                                                                    allocation):
     model, data = _small()
     groups = [g for g in tfprune.channel_groups(model) if g.prunable]
     scores = _saliencies(model, data, groups)
     cost = tfprune.profile.CostModel(model)
-    if per_flop:
+    if allocation != "global":  # each group over its mean, then per FLOP
+        scores = {gid: s / s.mean() for gid, s in scores.items()}
+    if per_flop:  # FLOPs whatever the target's resource
         flops = cost.marginal(np.zeros(len(cost.groups), int))["flops"]
         index = {g.id: i for i, g in enumerate(cost.groups)}
         scores = {gid: s / flops[index[gid]] for gid, s in scores.items()}
-    # The paper's ranking: raw saliencies of all groups on one scale.
-    sosp = _run(tfprune.SOSPH(target, data, per_flop=per_flop, allocation="global", verbose=0),
-                model, data)
+    # "global" is the paper's ranking: raw saliencies of all groups on one scale.
+    sosp = _run(tfprune.SOSPH(target, data, per_flop=per_flop, allocation=allocation,
+                              verbose=0), model, data)
     removed = sosp.removed
     achieved = sosp.events[-1].achieved
     resource, keep = next(iter(target.keep.items()))
@@ -288,6 +292,8 @@ def test_bad_input():
         tfprune.SOSPH(target, data, hessian="diagonal")
     with pytest.raises(InvalidPruningArgumentError, match="per_flop"):
         tfprune.SOSPH(target, data, per_flop="yes")
+    with pytest.raises(InvalidPruningArgumentError, match="allocation='uniform'"):
+        tfprune.SOSPH(target, data, per_flop=True, allocation="uniform")
     with pytest.raises(InvalidPruningArgumentError, match="bottleneck_ratio"):
         tfprune.SOSPH(target, data, bottleneck_ratio=0.0)
     with pytest.raises(InvalidPruningArgumentError, match="only 'channel'"):

@@ -8,6 +8,7 @@ from typing import Tuple
 
 import numpy as np
 
+from tfprune import allocation as allocation_lib
 from tfprune.criteria.base import CHANNEL
 from tfprune.criteria.sosp import SOSPSaliency
 from tfprune.errors import InvalidPruningArgumentError
@@ -110,7 +111,8 @@ class SOSPH(PruningCallback):
     default). All channels of all groups are ranked together and the lowest are removed until
     the target holds (to within one channel of one group); with `per_flop=True` they are
     ranked by saliency per FLOP that removing them saves (the `CostModel`'s marginal FLOPs
-    at the event). After each event `report` holds a `BottleneckReport` (printed with
+    at the event; with the default allocation, each group's saliencies over their mean, then
+    per FLOP). After each event `report` holds a `BottleneckReport` (printed with
     `verbose=1`) that flags layers pruned far less than average: candidates to widen.
 
     The method is single shot: train, prune (the default schedule `OneShot(0)` prunes before
@@ -124,7 +126,9 @@ class SOSPH(PruningCallback):
             hundred to a thousand training samples, without augmentation).
         schedule: a pruning schedule (default `tfprune.OneShot(0)`).
         hessian: `"gauss_newton"` (default, positive semi-definite) or `"exact"`.
-        per_flop: rank by saliency per FLOP removed instead of by saliency.
+        per_flop: rank by saliency per FLOP removed instead of by saliency. It needs an
+            allocation that ranks all groups together (None, `"normalized"`, `"global"` or a
+            `tfprune.allocation.GlobalRanking`).
         loss: the loss for the curvature; None uses the model's compiled loss.
         allocation: how the ranking becomes a pruning (see `tfprune.PruningCallback`);
             None is `"normalized"` (every channel ranked against its own group's mean);
@@ -170,6 +174,17 @@ class SOSPH(PruningCallback):
                          allocation=allocation, granularity=CHANNEL,
                          calibration_data=calibration_data, **kwargs)
         self.per_flop = per_flop
+        if per_flop:
+            if not isinstance(self.allocation, allocation_lib.GlobalRanking):
+                raise InvalidPruningArgumentError(
+                    f"SOSPH(per_flop=True, allocation={allocation!r}): per_flop ranks the "
+                    "channels of all groups together by saliency per FLOP, which needs an "
+                    "allocation that ranks them together: None, 'normalized', 'global' or a "
+                    "tfprune.allocation.GlobalRanking")
+            # The division by FLOPs comes after the normalization: a group's FLOPs per channel
+            # are one number, so dividing first would cancel in the group's mean.
+            self.allocation = allocation_lib.GlobalRanking(
+                per_unit_cost=True, normalize=self.allocation.normalize)
         self.bottleneck_ratio = float(bottleneck_ratio)
         self.report = None
 
@@ -181,14 +196,16 @@ class SOSPH(PruningCallback):
             self.on_train_end()
             raise
 
-    def score(self, context):
-        scores = super().score(context)
+    def _problem(self, scores, keep):
+        problem = super()._problem(scores, keep)
         if not self.per_flop:
-            return scores
-        removed = [int(r.sum()) // g.granule for g, r in zip(self.groups, self._removed.values())]
-        flops = self.cost_model.marginal(self._counts(removed))["flops"][self._cost_index]
-        # A channel that saves no FLOPs is never cheaper to remove than one that does.
-        return [s / f if f > 0 else np.full(s.shape, np.inf) for s, f in zip(scores, flops)]
+            return problem
+
+        def flops_saved(unit_counts):  # per FLOP whatever the target's resource
+            saved = self.cost_model.marginal(self._counts(unit_counts))["flops"]
+            return np.asarray(saved, dtype=np.float64)[self._cost_index] * self._granules
+
+        return allocation_lib.AllocationProblem(problem.pools, problem.meets, flops_saved)
 
     def prune(self, step: int):
         event = super().prune(step)
