@@ -60,9 +60,9 @@ if str(pathlib.Path(__file__).resolve().parent) not in sys.path:
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from bench_protocol import (  # noqa: E402,F401  (re-exported: the protocol's settings)
-    CACHE_DIR, CIFAR10_NPZ, FINE_TUNE_LR, PROTOCOL_BATCH, PROTOCOL_DENSE_EPOCHS, PROTOCOL_LR,
-    REPRESENTATIVE_IMAGES, ROOT, TRANSLATION, load_cifar10_npz, representative_images,
-    steps_per_epoch)
+    AUGMENTATIONS, CACHE_DIR, CIFAR10_NPZ, FINE_TUNE_LR, PROTOCOL_BATCH, PROTOCOL_DENSE_EPOCHS,
+    PROTOCOL_LR, REPRESENTATIVE_IMAGES, ROOT, TRANSLATION, load_cifar10_npz,
+    representative_images, steps_per_epoch)
 import bench_protocol  # noqa: E402
 
 RESNET8_WIDTHS = (16, 32, 64)
@@ -132,7 +132,7 @@ def load_cifar10(data_dir=None, cache_dir=None) -> Tuple[Arrays, Arrays]:
 
 def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
                   batch_size: int = PROTOCOL_BATCH, initial_epoch: int = 0,
-                  augment: bool = True) -> tf.data.Dataset:
+                  augment=True) -> tf.data.Dataset:
     """The protocol's training stream: epochs `initial_epoch .. epochs-1`, shuffled, augmented.
 
     `bench_protocol.train_dataset` with its arguments checked. Epoch `e` is a permutation of
@@ -148,10 +148,16 @@ def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
         seed: seed of the shuffling and of the augmentation.
         batch_size: images per batch.
         initial_epoch: first epoch of the stream.
-        augment: flip and translate (the protocol) or feed the images unchanged.
+        augment: one of `AUGMENTATIONS`: `"protocol"` (or True) flips and translates,
+            `"flip"` only flips (a fine-tuning option), `"none"` (or False) feeds the
+            images unchanged.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches.
+
+    Raises:
+        DataError: images and labels differ in number, fewer images than one batch, an
+            `initial_epoch` outside the run, or an unknown `augment`.
 
     Example:
 
@@ -167,6 +173,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
         raise DataError(f"{len(x)} training images is fewer than one batch of {batch_size}")
     if not 0 <= initial_epoch < epochs:
         raise DataError(f"initial_epoch must be in [0, epochs={epochs}); got {initial_epoch}")
+    if not isinstance(augment, bool) and augment not in AUGMENTATIONS:
+        raise DataError(f"augment={augment!r}: accepted are True, False or one of "
+                        f"{', '.join(AUGMENTATIONS)}")
     return bench_protocol.train_dataset(x, y, epochs, seed, batch_size, initial_epoch, augment)
 
 
@@ -213,7 +222,8 @@ class EpochLog(keras.callbacks.Callback):
 
 def train(model: keras.Model, data, epochs: int, seed: int, lr=PROTOCOL_LR,
           batch_size: int = PROTOCOL_BATCH, callbacks: Sequence = (), initial_epoch: int = 0,
-          from_logits: bool = False, jit_compile=False, verbose=2) -> keras.callbacks.History:
+          from_logits: bool = False, jit_compile=False, verbose=2,
+          augment="protocol") -> keras.callbacks.History:
     """Trains `model` in place with the protocol's recipe.
 
     Adam, learning rate cosine-decayed from `lr` to 0 over the steps of this run (epochs
@@ -234,6 +244,8 @@ def train(model: keras.Model, data, epochs: int, seed: int, lr=PROTOCOL_LR,
         from_logits: set when the model ends in logits rather than softmax.
         jit_compile: passed to `compile`; XLA is off by default (see `docs/BENCHMARKS.md`).
         verbose: `fit` verbosity.
+        augment: the training images' augmentation (`train_dataset`); the protocol's by
+            default.
 
     Returns:
         The `History` of `fit`.
@@ -248,7 +260,7 @@ def train(model: keras.Model, data, epochs: int, seed: int, lr=PROTOCOL_LR,
     (x_train, y_train) = data[0] if isinstance(data[0], tuple) else data
     steps = steps_per_epoch(len(x_train), batch_size)
     schedule = _schedule(lr, (epochs - initial_epoch) * steps)
-    ds = train_dataset(x_train, y_train, epochs, seed, batch_size, initial_epoch)
+    ds = train_dataset(x_train, y_train, epochs, seed, batch_size, initial_epoch, augment)
     keras.utils.set_random_seed(seed)
     model.compile(optimizer=keras.optimizers.Adam(schedule),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits),
@@ -272,7 +284,7 @@ def fine_tune(model: keras.Model, data, epochs: int, seed: int, lr=FINE_TUNE_LR,
         seed: seed of the data stream.
         lr: peak of the cosine schedule, or a `LearningRateSchedule`.
         **kwargs: `batch_size`, `callbacks`, `initial_epoch`, `from_logits`, `jit_compile`,
-            `verbose`, as in `train`.
+            `verbose`, `augment`, as in `train`.
 
     Returns:
         The `History` of `fit`.

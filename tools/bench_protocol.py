@@ -32,6 +32,8 @@ PROTOCOL_BATCH = 128
 PROTOCOL_DENSE_EPOCHS = 30
 # Fraction of the image size by which the protocol translates training images.
 TRANSLATION = 0.125
+# Training-image augmentations: the protocol's flip and translation, the flip alone, none.
+AUGMENTATIONS = ("protocol", "flip", "none")
 # Fine-tuning after (or during) pruning rewinds the learning rate to the dense peak (Renda et
 # al., 2020): a model that lost most of its channels has to move far. Measured on ResNet-8 with
 # half of every group removed (L1, 25% of the FLOPs) and 2 epochs of cosine decay: 57.4% top-1
@@ -61,24 +63,27 @@ def representative_images(x_train: np.ndarray, seed: int = 0,
     return x_train[np.sort(order[:count])]
 
 
-def augment(image, seed):
+def augment(image, seed, translate: bool = True):
     """Random horizontal flip and a random integer translation of up to 12.5% per axis.
 
     Stateless ops keyed by a per-image seed make the stream a pure function of the run's seed.
     Translation pads with mirrored edges (the `SYMMETRIC` padding that Keras'
-    `RandomTranslation` calls `fill_mode="reflect"`) and crops back at a random offset.
+    `RandomTranslation` calls `fill_mode="reflect"`) and crops back at a random offset;
+    `translate=False` flips only (with the same flips).
     """
     h, w = image.shape[0], image.shape[1]
     dy, dx = int(round(h * TRANSLATION)), int(round(w * TRANSLATION))
     seeds = tf.random.experimental.stateless_split(seed, 2)
     image = tf.image.stateless_random_flip_left_right(image, seeds[0])
+    if not translate:
+        return image
     image = tf.pad(image, [[dy, dy], [dx, dx], [0, 0]], mode="SYMMETRIC")
     return tf.image.stateless_random_crop(image, tf.shape(image) - [2 * dy, 2 * dx, 0], seeds[1])
 
 
 def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
                   batch_size: int = PROTOCOL_BATCH, initial_epoch: int = 0,
-                  augment_images: bool = True) -> tf.data.Dataset:
+                  augment_images=True) -> tf.data.Dataset:
     """The protocol's training stream: epochs `initial_epoch .. epochs-1`, shuffled, augmented.
 
     Epoch `e` is a permutation of the whole training set and per-image augmentations that
@@ -93,7 +98,8 @@ def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
         seed: seed of the shuffling and of the augmentation.
         batch_size: images per batch.
         initial_epoch: first epoch of the stream.
-        augment_images: flip and translate (the protocol) or feed the images unchanged.
+        augment_images: one of `AUGMENTATIONS`: `"protocol"` (or True) flips and
+            translates, `"flip"` only flips, `"none"` (or False) feeds the images unchanged.
 
     Returns:
         A `tf.data.Dataset` of `(images, labels)` batches.
@@ -105,6 +111,7 @@ def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
     assert len(list(train_dataset(x, y, epochs=1, seed=0))) == 2
     ```
     """
+    mode = {True: "protocol", False: "none"}.get(augment_images, augment_images)
     n = len(x)
     steps = n // batch_size
     images = tf.constant(x)
@@ -118,8 +125,9 @@ def train_dataset(x: np.ndarray, y: np.ndarray, epochs: int, seed: int,
 
         def load(i, index):
             image = tf.cast(tf.gather(images, index), tf.float32)
-            if augment_images:
-                image = augment(image, tf.stack([run_seed + 1, epoch * n + i]))
+            if mode != "none":
+                image = augment(image, tf.stack([run_seed + 1, epoch * n + i]),
+                                translate=mode == "protocol")
             return image, tf.gather(labels, index)
 
         return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)

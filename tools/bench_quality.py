@@ -174,6 +174,9 @@ class RunSpec:
         lr: peak learning rate of the fine-tuning epochs' cosine decays (the rewound one
             after strip too); `bench_common.FINE_TUNE_LR` (2e-3, the dense peak) by default.
             Part of the run's name when not the default.
+        augment: augmentation of the fine-tuning epochs' images (`bench_common.AUGMENTATIONS`):
+            the protocol's flip and translation (default), `"flip"` alone, or `"none"`.
+            Part of the run's name when not the protocol's.
 
     Example:
 
@@ -196,6 +199,7 @@ class RunSpec:
     after_strip: str = "continue"
     batch_size: int = bc.PROTOCOL_BATCH
     lr: float = bc.FINE_TUNE_LR
+    augment: str = "protocol"
 
     @property
     def calibration_images(self) -> int:
@@ -283,6 +287,13 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"lr={self.lr!r}: {self.method!r} is trained with the protocol's rate; only "
                 "the fine-tuning runs take another")
+        if self.augment not in bc.AUGMENTATIONS:
+            raise InvalidPruningArgumentError(
+                f"augment={self.augment!r}: accepted are {', '.join(bc.AUGMENTATIONS)}")
+        if self.augment != "protocol" and self.method in PROTOCOL_TRAINED:
+            raise InvalidPruningArgumentError(
+                f"augment={self.augment!r}: {self.method!r} is trained with the protocol's "
+                "augmentation; only the fine-tuning runs take another")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -303,6 +314,7 @@ class RunSpec:
         extra += "_rewind" if self.after_strip == "rewind" else ""
         extra += "" if self.batch_size == bc.PROTOCOL_BATCH else f"_b{self.batch_size}"
         extra += "" if self.lr == bc.FINE_TUNE_LR else f"_lr{self.lr:g}"
+        extra += "" if self.augment == "protocol" else f"_aug{self.augment}"
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 
@@ -479,7 +491,8 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
     elif spec.method == "dense_ft":
         small = dense
         bc.fine_tune(dense, data, epochs=last, initial_epoch=first, seed=spec.seed,
-                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
+                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0,
+                     augment=spec.augment)
         row.update(epoch_log=epoch_log.epochs, run_wall_s=round(time.perf_counter() - t0, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c0, 1))
     elif spec.method == "narrow_ft":
@@ -493,7 +506,8 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         row["top1_before_fine_tuning"] = round(bc.evaluate(small, x_test, y_test), 2)
         t1, c1 = time.perf_counter(), bc.EpochLog.cpu_seconds()
         bc.fine_tune(small, data, epochs=last, initial_epoch=first, seed=spec.seed,
-                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0)
+                     lr=spec.lr, batch_size=spec.batch_size, callbacks=[epoch_log], verbose=0,
+                     augment=spec.augment)
         row.update(width_mult=mult, widths=info["widths"], epoch_log=epoch_log.epochs,
                    run_wall_s=round(time.perf_counter() - t1, 1),
                    run_cpu_s=round(bc.EpochLog.cpu_seconds() - c1, 1))
@@ -523,7 +537,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
         fitted = trained(dense)
         bc.fine_tune(fitted, data, epochs=prune_epochs, initial_epoch=first,
                      seed=spec.seed, lr=lr, batch_size=spec.batch_size,
-                     callbacks=[pruning, epoch_log], verbose=0)
+                     callbacks=[pruning, epoch_log], verbose=0, augment=spec.augment)
         row["achieved"] = {k: round(float(v), 5) for k, v in pruning.achieved().items()}
         small = tfprune.strip(dense)
         if prune_epochs < last:
@@ -539,7 +553,7 @@ def run(spec: RunSpec, data, dense_path, *, results: str = "quality", results_di
             fitted = trained(small)
             bc.fine_tune(fitted, data, epochs=last, initial_epoch=prune_epochs,
                          seed=spec.seed, lr=after, batch_size=spec.batch_size,
-                         callbacks=[epoch_log], verbose=0)
+                         callbacks=[epoch_log], verbose=0, augment=spec.augment)
         # The rate the schedule had reached after the last step: 0 at the end of the
         # cosine decay, wherever the run was stripped.
         row["final_lr"] = float(keras.ops.convert_to_numpy(fitted.optimizer.learning_rate))
@@ -705,8 +719,8 @@ def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
     when they are not the method's default, its per-group floor, its distillation weight, a
     rewound learning rate after strip, a pruning phase other than the default 5 epochs, a
-    batch other than the protocol's and a peak learning rate other than the default if it
-    has them."""
+    batch other than the protocol's, a peak learning rate other than the default and an
+    augmentation other than the protocol's if it has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -726,6 +740,8 @@ def label(row: dict) -> str:
         extra.append(f"batch {row['batch_size']}")
     if row.get("lr", bc.FINE_TUNE_LR) != bc.FINE_TUNE_LR:
         extra.append(f"peak rate {row['lr']:g}")
+    if row.get("augment", "protocol") != "protocol":
+        extra.append("flip only" if row["augment"] == "flip" else "no augmentation")
     return LABELS[row["method"]] + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -937,7 +953,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        "continue" if method in REFERENCE_METHODS or granularity != "channel"
                        else args.after_strip,
                        bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size,
-                       bc.FINE_TUNE_LR if method in PROTOCOL_TRAINED else args.lr)
+                       bc.FINE_TUNE_LR if method in PROTOCOL_TRAINED else args.lr,
+                       "protocol" if method in PROTOCOL_TRAINED else args.augment)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -983,6 +1000,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--lr", type=float, default=bc.FINE_TUNE_LR,
                         help="peak learning rate of the fine-tuning runs' cosine decays "
                              f"(default {bc.FINE_TUNE_LR:g}); part of the run's name")
+    parser.add_argument("--augment", choices=bc.AUGMENTATIONS, default="protocol",
+                        help="augmentation of the fine-tuning runs' training images: the "
+                             "protocol's flip and translation (default), the flip alone, or "
+                             "none; part of the run's name")
     parser.add_argument("--after-strip", choices=AFTER_STRIP, default="continue",
                         help="learning rate of the stripped model's epochs: continue the run's "
                              "cosine decay (default) or rewind it to the peak, decayed to 0 "

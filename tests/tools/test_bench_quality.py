@@ -52,6 +52,8 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "narrow", "batch_size": 32}, "only the fine-tuning runs"),
     ({"method": "l1", "lr": 0.0}, r"lr=0.0: a learning rate in \(0, 1\)"),
     ({"method": "dense", "target": 1.0, "lr": 1e-3}, "only the fine-tuning runs take another"),
+    ({"method": "l1", "augment": "crop"}, "augment='crop': accepted are protocol, flip, none"),
+    ({"method": "narrow", "augment": "flip"}, "protocol's augmentation"),
 ])
 def test_run_spec_refuses_bad_input(kwargs, match):
     with pytest.raises(InvalidPruningArgumentError, match=match):
@@ -105,6 +107,19 @@ def test_the_pruning_phase_and_the_batch_are_part_of_the_name_label_and_command_
     assert bq.RunSpec("sosp_h").name == "sosp_h_channel_flops0.25_e10_p5_s0"
     args = bq.parse_args(["--method", "l1_uniform,narrow", "--batch-size", "32"])
     assert [s.batch_size for s in bq.specs_from_args(args)] == [32, bq.bc.PROTOCOL_BATCH]
+
+
+def test_the_augmentation_is_part_of_the_name_label_and_command_line():
+    spec = bq.RunSpec("l1_uniform", prune_epochs=0, batch_size=16, augment="flip")
+    assert spec.name == "l1_uniform_channel_flops0.25_e10_p0_b16_augflip_s0"
+    assert bq.RunSpec("l1_uniform", prune_epochs=0, batch_size=16).name == \
+        "l1_uniform_channel_flops0.25_e10_p0_b16_s0"
+    row = {"method": "l1_uniform", "prune_epochs": 0, "augment": "flip", "run": spec.name}
+    assert bq.label(row) == "L1 magnitude (uniform) (pruned once, before the first step, " \
+        "flip only)"
+    assert bq.label({**row, "augment": "none"}).endswith("no augmentation)")
+    args = bq.parse_args(["--method", "l1_uniform,narrow,narrow_ft", "--augment", "flip"])
+    assert [s.augment for s in bq.specs_from_args(args)] == ["flip", "protocol", "flip"]
 
 
 def test_calibration_images_default_per_method_and_can_be_set():
