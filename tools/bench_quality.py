@@ -12,7 +12,8 @@ target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epoch
 S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
 at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`). Every
 fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise,
-and the peak rate of 2e-3 unless `--lr` does.
+the peak rate of 2e-3 unless `--lr` does, and the protocol's flip and translation unless
+`--augment` asks for the flip alone or no augmentation.
 
 At channel granularity the model is then stripped (`tfprune.strip`) and the physically smaller
 model fine-tunes for the remaining epochs, its learning rate continuing the same cosine
@@ -55,6 +56,8 @@ Usage:
     python tools/bench_quality.py --method camp_hive --options diagonal=gates --calibration 1024
     python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
         --batch-size 32                                             # run K's best recipe
+    python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
+        --batch-size 16 --lr 4e-3 --augment flip                    # run N's best recipe
     python tools/bench_quality.py --report                          # table + plots
     python tools/bench_quality.py --report --results quality_runL,quality_runM \
         --match b16_lr0.004 --plots out/img                         # one recipe's runs
