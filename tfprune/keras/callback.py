@@ -458,6 +458,11 @@ class PruningCallback(keras.callbacks.Callback):
         out["sparsity"] = 1.0 - out["params_kept"]
         return out
 
+    def _unit_cost(self, keep) -> str:
+        """The resource whose saving per unit the allocation's `unit_costs` give: the target's
+        first."""
+        return _COST_OF[next(iter(keep))]
+
     def _problem(self, scores, keep) -> "allocation_lib.AllocationProblem":
         pools = []
         if self.granularity == CHANNEL:
@@ -475,7 +480,7 @@ class PruningCallback(keras.callbacks.Callback):
                 totals = self.cost_model.evaluate(self._counts(unit_counts))
                 return all(totals[c] <= b * (1 + 1e-12) for c, b in bounds.items())
 
-            primary = _COST_OF[next(iter(keep))]
+            primary = self._unit_cost(keep)
 
             def unit_costs(unit_counts):
                 saved = self.cost_model.marginal(self._counts(unit_counts))[primary]

@@ -196,16 +196,8 @@ class SOSPH(PruningCallback):
             self.on_train_end()
             raise
 
-    def _problem(self, scores, keep):
-        problem = super()._problem(scores, keep)
-        if not self.per_flop:
-            return problem
-
-        def flops_saved(unit_counts):  # per FLOP whatever the target's resource
-            saved = self.cost_model.marginal(self._counts(unit_counts))["flops"]
-            return np.asarray(saved, dtype=np.float64)[self._cost_index] * self._granules
-
-        return allocation_lib.AllocationProblem(problem.pools, problem.meets, flops_saved)
+    def _unit_cost(self, keep) -> str:
+        return "flops" if self.per_flop else super()._unit_cost(keep)
 
     def prune(self, step: int):
         event = super().prune(step)
