@@ -3,22 +3,24 @@
 1. the dense ResNet-8 of MLPerf Tiny (`tfprune.zoo.resnet8`): trained here (`--dense-epochs`),
    or loaded from a trained `.keras` file (`--model`, e.g. `cache/resnet8_dense_seed0.keras`
    from `make bench-dense`);
-2. `--epochs` of `fit` with `tfprune.CampHiVe` to `--flops` of the FLOPs (pruning over the
-   first half of the budget, fine-tuning over the rest);
-3. `tfprune.strip`, then `tfprune.export.convert`: int8 TFLite, TFLite Micro sources and
-   op resolver, the measured arena, TFLite Micro checked against LiteRT's reference kernels,
-   and top-1 on the 200 pixel-exact MLPerf Tiny evaluation images (`cifar10-lossless-200`)
-   in TFLite Micro, for the pruned model and the dense one side by side.
+2. `--epochs` of fine-tuning at batch 16 with random horizontal flips, the recipe that did
+   best in `docs/BENCHMARKS.md` (run N): the first epoch is `fit` with a `tfprune.CampHiVe`
+   callback (channel-gate curvature on 1,024 training images) that prunes to `--flops` of the
+   FLOPs before the first step; then `tfprune.strip` and the remaining epochs on the
+   physically smaller model, the learning rate rewound to the 4e-3 peak of a cosine decay;
+   then `tfprune.recalibrate_batchnorm` on 10,000 clean training images;
+3. `tfprune.export.convert`: int8 TFLite, TFLite Micro sources and op resolver, the measured
+   arena, TFLite Micro checked against LiteRT's reference kernels, and top-1 on the 200
+   pixel-exact MLPerf Tiny evaluation images (`cifar10-lossless-200`) in TFLite Micro, for the
+   pruned model and the dense one side by side.
 
 Data: `--data-dir` holds `cifar10/{train,test}/<class>/*.jpg` and `cifar10-lossless-200/`
 (default: `$TFPRUNE_DATA_DIR` or `../shared/data`).
 
-Runtime on 2 CPU cores: from a trained `--model` with the default 10 epochs, 16 minutes
-(measured: 984 s wall; 74.65% float top-1 at 0.249 of the FLOPs from an 81.03% dense model);
-training the dense model here adds `--dense-epochs` epochs of about 85 s each (batch 32); the tiny
-setting
-`--dense-epochs 1 --epochs 1 --limit-per-class 10 --calibration-samples 32 --no-baseline
---latency-runs 2` about a minute.
+Runtime on 2 CPU cores, from a trained `--model` with the default 10 epochs: measured in
+`docs/examples.md`; training the dense model here adds `--dense-epochs` epochs (batch 32). The
+tiny setting `--dense-epochs 1 --epochs 2 --limit-per-class 10 --calibration-samples 32
+--no-baseline --latency-runs 2` takes about a minute.
 
     python examples/cifar10_resnet8_micro.py --model cache/resnet8_dense_seed0.keras
     python examples/cifar10_resnet8_micro.py --dense-epochs 30 --epochs 10     # from scratch
@@ -36,11 +38,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
 
 import tfprune  # noqa: E402
 
-BATCH = 32
-CALIBRATION_SAMPLES = 256
+BATCH = 32              # the dense model's training here (no --model)
+FINE_TUNE_BATCH = 16    # the pruned model's fine-tuning (docs/BENCHMARKS.md, run N)
+PEAK_LR = 4e-3
+CALIBRATION_SAMPLES = 1024
+REPRESENTATIVE = 200    # int8 calibration images (the protocol's)
+RECALIBRATION = 10_000  # clean training images that re-estimate the BatchNorm statistics
 
 
 def parse_args(argv=None):
@@ -53,14 +60,15 @@ def parse_args(argv=None):
     parser.add_argument("--dense-epochs", type=int, default=30,
                         help="training epochs of the dense model when no --model (30)")
     parser.add_argument("--epochs", type=int, default=10,
-                        help="epochs of fit with CampHiVe: pruning, then fine-tuning (10)")
+                        help="fine-tuning epochs: the first with the CampHiVe callback, the "
+                             "others on the stripped model (10)")
     parser.add_argument("--flops", type=float, default=0.25,
                         help="fraction of the dense FLOPs to keep (default 0.25)")
     parser.add_argument("--limit-per-class", type=int, default=None,
                         help="training and test images per class (default: all)")
     parser.add_argument("--calibration-samples", type=int, default=CALIBRATION_SAMPLES,
-                        help="training images for CAMP-HiVe's curvature and int8 calibration "
-                             f"(default {CALIBRATION_SAMPLES}; the cost grows with it)")
+                        help="training images for CAMP-HiVe's curvature (default "
+                             f"{CALIBRATION_SAMPLES}; the cost grows with it)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="do not measure the dense model beside the pruned one")
     parser.add_argument("--latency-runs", type=int, default=50,
@@ -99,6 +107,13 @@ def dense_model(args, x, y):
     return model
 
 
+def flipped(x, y, seed):
+    """Shuffled batches of `x, y` with random horizontal flips, a new draw every epoch."""
+    data = tf.data.Dataset.from_tensor_slices((x, y)).shuffle(len(x), seed=seed)
+    data = data.map(lambda image, label: (tf.image.random_flip_left_right(image, seed), label))
+    return data.batch(FINE_TUNE_BATCH).prefetch(tf.data.AUTOTUNE)
+
+
 def main(argv=None):
     args = parse_args(argv)
     data_dir = pathlib.Path(args.data_dir) if args.data_dir else \
@@ -114,26 +129,31 @@ def main(argv=None):
     dense.set_weights(model.get_weights())
     dense_top1 = model.evaluate(x_test, y_test, batch_size=500, verbose=0)[1]
 
-    steps = math.ceil(len(x) / BATCH)
     rng = np.random.default_rng(args.seed)
     calibration = rng.choice(len(x), size=min(args.calibration_samples, len(x)), replace=False)
-    pruning = tfprune.CampHiVe(
-        tfprune.Target(flops=args.flops),
-        tfprune.PolynomialDecay(begin_step=0, end_step=max(1, steps * args.epochs // 2),
-                                frequency=max(1, min(steps, steps * args.epochs // 4))),
-        calibration_data=(x[calibration], y[calibration]), min_density=0.25, verbose=1,
-        seed=args.seed)
-    # A fresh optimizer (the pruning schedule counts its steps from 0), its learning rate
-    # rewound to the dense peak and decayed to 0 over the run (docs/BENCHMARKS.md, protocol).
-    compile_for(model, keras.optimizers.schedules.CosineDecay(2e-3, steps * args.epochs))
+    # Pruned once, before the first step, with the channel-gate curvature and the merge.
+    pruning = tfprune.CampHiVe(tfprune.Target(flops=args.flops), tfprune.OneShot(0),
+                               calibration_data=(x[calibration], y[calibration]),
+                               diagonal="gates", verbose=1, seed=args.seed)
+    steps = math.ceil(len(x) / FINE_TUNE_BATCH)
     keras.utils.set_random_seed(args.seed)
-    model.fit(x, y, batch_size=BATCH, epochs=args.epochs, verbose=2, callbacks=[pruning])
+    # A fresh optimizer, its learning rate a cosine decay from the peak to 0 over the epochs.
+    compile_for(model, keras.optimizers.schedules.CosineDecay(PEAK_LR, steps * args.epochs))
+    model.fit(flipped(x, y, args.seed), epochs=1, shuffle=False, verbose=2,
+              callbacks=[pruning])
     small = tfprune.strip(model)
-    compile_for(small, 2e-3)
+    if args.epochs > 1:   # the smaller model, the rate rewound to the peak
+        compile_for(small, keras.optimizers.schedules.CosineDecay(
+            PEAK_LR, steps * (args.epochs - 1)))
+        small.fit(flipped(x, y, args.seed + 1), epochs=args.epochs - 1, shuffle=False,
+                  verbose=2)
+    clean = rng.choice(len(x), size=min(RECALIBRATION, len(x)), replace=False)
+    tfprune.recalibrate_batchnorm(small, x[clean], batch_size=250)
+    compile_for(small, PEAK_LR)
     pruned_top1 = small.evaluate(x_test, y_test, batch_size=500, verbose=0)[1]
 
     report = tfprune.export.convert(
-        small, args.out, calibration=x[calibration], eval_data=lossless,
+        small, args.out, calibration=x[calibration[:REPRESENTATIVE]], eval_data=lossless,
         baseline=None if args.no_baseline else dense, name="resnet8",
         latency_runs=args.latency_runs, seed=args.seed)
     print(f"\nCIFAR-10 test top-1 (float, {len(y_test):,} JPEG images): dense "

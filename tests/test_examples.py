@@ -98,7 +98,7 @@ def test_distributed_prunes_on_two_replicas():
 def test_cifar10_resnet8_micro_tiny(shared_data, tmp_path, capsys):
     out = tmp_path / "bundle"
     result = _load("cifar10_resnet8_micro").main(
-        ["--data-dir", str(shared_data), "--dense-epochs", "1", "--epochs", "1",
+        ["--data-dir", str(shared_data), "--dense-epochs", "1", "--epochs", "2",
          "--limit-per-class", "10", "--calibration-samples", "32", "--no-baseline",
          "--latency-runs", "2", "--out", str(out)])
     report = result["report"]

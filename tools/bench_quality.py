@@ -86,6 +86,7 @@ import keras  # noqa: E402
 import bench_common as bc  # noqa: E402
 import tfprune  # noqa: E402
 from tfprune.criteria.camp_hive import CampHiVeSaliency  # noqa: E402
+from tfprune.criteria.sosp import SOSPSaliency  # noqa: E402
 from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 
 # "l1" ranks every channel of the network on one scale (global), "l1_uniform" removes the same
@@ -113,6 +114,9 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "narrow_ft": "narrow from scratch, 30 epochs + fine-tuned"}
 #: Methods whose constructor takes `RunSpec.options` (`--options`).
 OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform")
+#: Rankings inside RDPrune's units beyond `tfprune.criteria.get`'s names (`--options
+#: criterion=gates`): CAMP-HiVe's channel-gate saliency and SOSP-H's, in the RD allocation.
+RD_CRITERIA = {"gates": lambda: CampHiVeSaliency("gates"), "sosp": SOSPSaliency}
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
                       "gates_uniform": 128}
 DEFAULT_EPOCHS = 10
@@ -417,6 +421,8 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "sosp_h":
         return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
                              seed=spec.seed, min_density=spec.min_density, **options)
+    if options.get("criterion") in RD_CRITERIA:
+        options["criterion"] = RD_CRITERIA[options["criterion"]]()
     return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common, **options)
 
 

@@ -76,6 +76,19 @@ def test_plans_cover_every_method_of_the_issue():
     assert pruning.merge is False and pruning.criterion.hutchinson_samples == 32
 
 
+def test_rd_prune_ranks_its_units_by_a_named_second_order_saliency():
+    pool = (np.zeros((4, 8, 8, 3), "float32"), np.zeros(4))
+    gates = bq.make_pruning(bq.RunSpec("rd_prune", options="criterion=gates"), 10, pool)
+    assert isinstance(gates.criterion, bq.CampHiVeSaliency)
+    assert gates.criterion.diagonal == "gates"
+    sosp = bq.make_pruning(bq.RunSpec("rd_prune", options="criterion=sosp"), 10, pool)
+    assert isinstance(sosp.criterion, bq.SOSPSaliency)
+    assert bq.RunSpec("rd_prune", options="criterion=gates").name == \
+        "rd_prune_channel_flops0.25_e10_p5_criteriongates_s0"
+    plain = bq.make_pruning(bq.RunSpec("rd_prune", options="criterion=taylor"), 10, pool)
+    assert type(plain.criterion).__name__ == "Taylor"
+
+
 def test_distillation_is_part_of_the_name_and_the_label():
     spec = bq.RunSpec("l1_uniform", distill=0.9)
     assert spec.name == "l1_uniform_channel_flops0.25_e10_p5_kd0.9_s0"
