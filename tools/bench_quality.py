@@ -92,11 +92,13 @@ from tfprune.errors import DataError, InvalidPruningArgumentError  # noqa: E402
 # "l1" ranks every channel of the network on one scale (global), "l1_uniform" removes the same
 # fraction of every group (Li et al. 2017's setting): the two usual L1 baselines;
 # "l1_normalized" ranks each channel's L1 over its group's mean (tfprune's default allocation
-# at channel granularity, which taylor, random, camp_hive and sosp_h use too).
+# at channel granularity, which taylor, random, camp_hive and sosp_h use too);
+# "l1_per_flop" ranks that normalized L1 per FLOP its removal saves (the allocation of
+# `SOSPH(per_flop=True)` with L1's criterion).
 # "gates_uniform" composes CAMP-HiVe's channel-gate saliency (`diagonal="gates"`) with
 # l1_uniform's allocation, without the merge: the criterion alone against L1's.
 CHANNEL_METHODS = ("l1", "camp_hive", "sosp_h", "rd_prune", "taylor", "random", "l1_uniform",
-                   "l1_normalized", "gates_uniform")
+                   "l1_normalized", "l1_per_flop", "gates_uniform")
 WEIGHT_METHODS = ("rd_prune", "magnitude")
 #: The same architecture made narrower and trained from scratch.
 NARROW_METHODS = ("narrow", "narrow_ft")
@@ -106,6 +108,7 @@ PROTOCOL_TRAINED = ("dense", "narrow")
 METHODS = CHANNEL_METHODS + ("magnitude",) + REFERENCE_METHODS
 LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "l1_normalized": "L1 magnitude (normalized)",
+          "l1_per_flop": "L1 magnitude (normalized, per FLOP)",
           "camp_hive": "CAMP-HiVe", "sosp_h": "SOSP-H",
           "rd_prune": "RDPrune", "taylor": "Taylor", "random": "random",
           "gates_uniform": "gate curvature (uniform)",
@@ -401,9 +404,10 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common,
                                **options)
     target = tfprune.Target(flops=spec.target)
-    if spec.method in ("l1", "l1_uniform", "l1_normalized"):
-        allocation = {"l1": "global", "l1_uniform": "uniform",
-                      "l1_normalized": "normalized"}[spec.method]
+    if spec.method in ("l1", "l1_uniform", "l1_normalized", "l1_per_flop"):
+        allocation = {"l1": "global", "l1_uniform": "uniform", "l1_normalized": "normalized",
+                      "l1_per_flop": tfprune.allocation.GlobalRanking(
+                          per_unit_cost=True, normalize="mean")}[spec.method]
         return tfprune.MagnitudePruning(target, gradual, "l1", allocation=allocation, verbose=0,
                                         **common)
     if spec.method == "random":
@@ -849,8 +853,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "camp_hive": "*",
-               "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
+    markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "l1_per_flop": "H",
+               "camp_hive": "*", "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
                "dense_ft": "p", "narrow": "X", "narrow_ft": "x", "gates_uniform": "d"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]

@@ -89,6 +89,17 @@ def test_rd_prune_ranks_its_units_by_a_named_second_order_saliency():
     assert type(plain.criterion).__name__ == "Taylor"
 
 
+def test_l1_per_flop_ranks_normalized_l1_per_flop_like_sosp_h_per_flop():
+    pool = (np.zeros((4, 8, 8, 3), "float32"), np.zeros(4))
+    pruning = bq.make_pruning(bq.RunSpec("l1_per_flop", min_density=0.25), 10, pool)
+    ranking = pruning.allocation
+    assert isinstance(ranking, tfprune.allocation.GlobalRanking)
+    assert ranking.per_unit_cost is True and ranking.normalize == "mean"
+    assert pruning.min_density == 0.25
+    assert bq.label({"method": "l1_per_flop", "run": "x"}) == \
+        "L1 magnitude (normalized, per FLOP)"
+
+
 def test_distillation_is_part_of_the_name_and_the_label():
     spec = bq.RunSpec("l1_uniform", distill=0.9)
     assert spec.name == "l1_uniform_channel_flops0.25_e10_p5_kd0.9_s0"
