@@ -58,6 +58,10 @@ Usage:
         --batch-size 32                                             # run K's best recipe
     python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
         --batch-size 16 --lr 4e-3 --augment flip                    # run N's best recipe
+    python tools/bench_quality.py --method rd_prune --min-density 0.25 \
+        --options criterion=gates              # CAMP-HiVe's gates inside RDPrune's allocation
+    python tools/bench_quality.py --method sosp_h,l1_per_flop --options per_flop=True \
+        --min-density 0.25                     # ranked per FLOP (run O); l1_per_flop has no options
     python tools/bench_quality.py --report                          # table + plots
     python tools/bench_quality.py --report --results quality_runL,quality_runM \
         --match b16_lr0.004 --plots out/img                         # one recipe's runs
