@@ -400,6 +400,8 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     common = {"granularity": spec.granularity, "seed": spec.seed,
               "min_density": spec.min_density}
     options = spec.keyword_arguments()
+    if spec.method == "rd_prune" and options.get("criterion") in RD_CRITERIA:
+        options["criterion"] = RD_CRITERIA[options["criterion"]]()
     if spec.granularity == "weight":
         target = tfprune.Target(sparsity=spec.target)
         if spec.method == "magnitude":
@@ -429,8 +431,6 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "sosp_h":
         return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
                              seed=spec.seed, min_density=spec.min_density, **options)
-    if options.get("criterion") in RD_CRITERIA:
-        options["criterion"] = RD_CRITERIA[options["criterion"]]()
     return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common, **options)
 
 
