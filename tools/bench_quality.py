@@ -858,8 +858,8 @@ def plot_accuracy_flops(rows: Sequence[dict], path) -> pathlib.Path:
     import matplotlib.pyplot as plt
 
     markers = {"l1": "o", "l1_uniform": "h", "l1_normalized": "8", "l1_per_flop": "H",
-               "camp_hive": "*", "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v", "dense": "P",
-               "dense_ft": "p", "narrow": "X", "narrow_ft": "x", "gates_uniform": "d"}
+               "camp_hive": "*", "sosp_h": "D", "rd_prune": "s", "taylor": "^", "random": "v",
+               "dense": "P", "dense_ft": "p", "narrow": "X", "narrow_ft": "x", "gates_uniform": "d"}
     fig, ax = plt.subplots(figsize=(8, 5.5))
     channel = [r for r in rows if r["granularity"] == "channel" and r["method"] in markers]
     references = list(PROTOCOL_REFERENCE) + tfmot_references()
