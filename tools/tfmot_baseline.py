@@ -10,11 +10,12 @@ imports tfprune or Keras 3. It shares the protocol's data stream through `bench_
 - the decoded CIFAR-10 arrays `cache/cifar10_uint8.npz` (`bench_common.load_cifar10`).
 
 It rebuilds the same ResNet-8 in `tf_keras`, checks that it computes what the Keras 3 model
-computed on the check batch, prunes it while fine-tuning with the protocol's augmentation
-(`UpdatePruningStep`), with `ConstantSparsity(sparsity, begin_step=0)` or, with
-`--prune-epochs P`, with the quality benchmark's ramp (`PolynomialDecay` from 0 to `sparsity`,
-power 3, every half epoch from step 0 to the middle of epoch P), strips the wrappers, and
-writes into `--out` (atomically: a temporary sibling folder renamed at the end):
+computed on the check batch, prunes it while fine-tuning with the protocol's augmentation and
+batch (or `--augment`, `--batch-size`, `--lr`: the quality benchmark's recipes) under a cosine
+decay from `--lr` to 0 (`UpdatePruningStep`), with `ConstantSparsity(sparsity, begin_step=0)`
+or, with `--prune-epochs P`, with the quality benchmark's ramp (`PolynomialDecay` from 0 to
+`sparsity`, power 3, every half epoch from step 0 to the middle of epoch P), strips the
+wrappers, and writes into `--out` (atomically: a temporary sibling folder renamed at the end):
 
 - `model_int8.tflite`: full-integer post-training quantization (200 training images as the
   representative set, batch fixed to 1, int8 input and output);
@@ -201,6 +202,11 @@ def build_parser():
     p.add_argument("--prune-epochs", type=int, default=0,
                    help="ramp the sparsity over these first epochs as tools/bench_quality.py "
                         "does (PolynomialDecay, every half epoch); 0: ConstantSparsity")
+    p.add_argument("--batch-size", type=int, default=bp.PROTOCOL_BATCH,
+                   help=f"fine-tuning batch (default: the protocol's {bp.PROTOCOL_BATCH})")
+    p.add_argument("--augment", choices=bp.AUGMENTATIONS, default="protocol",
+                   help="fine-tuning augmentation: 'protocol' (flip + translation, default), "
+                        "'flip' or 'none' (tools/bench_quality.py --augment)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--train-limit", type=int, default=None,
                    help="train on this many training images only (quick checks, not the protocol)")
@@ -217,8 +223,10 @@ def main(argv=None):
         raise SystemExit(f"--epochs must be at least 1; got {args.epochs}")
     if not 0 <= args.prune_epochs <= args.epochs:
         raise SystemExit(f"--prune-epochs must be in [0, --epochs]; got {args.prune_epochs}")
-    if args.train_limit is not None and args.train_limit < bp.PROTOCOL_BATCH:
-        raise SystemExit(f"--train-limit must be at least one batch ({bp.PROTOCOL_BATCH}); "
+    if args.batch_size < 1:
+        raise SystemExit(f"--batch-size must be at least 1; got {args.batch_size}")
+    if args.train_limit is not None and args.train_limit < args.batch_size:
+        raise SystemExit(f"--train-limit must be at least one batch ({args.batch_size}); "
                          f"got {args.train_limit}")
     for path, how in ((args.weights, "tools/train_dense.py --export-npz"),
                       (args.cifar_npz, "tools/train_dense.py (it caches the decoded arrays)")):
@@ -243,7 +251,7 @@ def main(argv=None):
     dense_top1 = top1(model, x_test, y_test)
     print(json.dumps({"dense_top1": dense_top1, "check_max_abs_diff": check_diff}), flush=True)
 
-    steps = bp.steps_per_epoch(len(x_train))
+    steps = bp.steps_per_epoch(len(x_train), args.batch_size)
     if args.prune_epochs:
         half = max(1, steps // 2)
         pruning_schedule = tfmot.sparsity.keras.PolynomialDecay(
@@ -260,7 +268,9 @@ def main(argv=None):
                    loss=keras.losses.SparseCategoricalCrossentropy(), metrics=["accuracy"])
     times = EpochTimes()
     t0, c0 = time.perf_counter(), cpu_seconds()
-    pruned.fit(bp.train_dataset(x_train, y_train, args.epochs, args.seed), epochs=args.epochs,
+    stream = bp.train_dataset(x_train, y_train, args.epochs, args.seed,
+                              batch_size=args.batch_size, augment_images=args.augment)
+    pruned.fit(stream, epochs=args.epochs,
                steps_per_epoch=steps, verbose=0,
                callbacks=[tfmot.sparsity.keras.UpdatePruningStep(), times])
     wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
@@ -271,7 +281,9 @@ def main(argv=None):
     result = {
         "method": method, "prune_epochs": args.prune_epochs,
         "sparsity_target": args.sparsity, "sparsity_achieved": round(kernel_sparsity(stripped), 4),
-        "epochs": args.epochs, "train_images": len(x_train), "lr": args.lr, "frequency": args.frequency, "seed": args.seed,
+        "epochs": args.epochs, "train_images": len(x_train), "lr": args.lr,
+        "batch_size": args.batch_size, "augment": args.augment, "frequency": args.frequency,
+        "seed": args.seed,
         "dense_top1": round(dense_top1, 2), "top1": round(top1(stripped, x_test, y_test), 2),
         "check_max_abs_diff": check_diff, "int8_tflite_bytes": len(tflite),
         "representative_images": len(calibration),

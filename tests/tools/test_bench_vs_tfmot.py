@@ -69,10 +69,17 @@ def test_arguments(tmp_path, monkeypatch):
     assert args.tfprune == [("CampHiVe = 50%", model)] and args.sparsity == [0.5]
     assert bvt.tfmot_folder(0.5, 5, 0) == tmp_path / "tfmot" / "sparsity0.5_e5_seed0"
     assert bvt.tfmot_folder(0.5, 10, 0, 5) == tmp_path / "tfmot" / "sparsity0.5_e10_p5_seed0"
+    # Another recipe than the protocol's is part of the name: two recipes never share a cache.
+    assert bvt.tfmot_folder(0.75, 10, 1, 0, 16, 4e-3, "flip") \
+        == tmp_path / "tfmot" / "sparsity0.75_e10_b16_lr0.004_augflip_seed1"
+    assert bvt.tfmot_folder(0.5, 10, 0, 0, bvt.bc.PROTOCOL_BATCH, bvt.bc.FINE_TUNE_LR,
+                            "protocol") == bvt.tfmot_folder(0.5, 10, 0)
     with pytest.raises(SystemExit):
         bvt.build_parser().parse_args(["--tfprune", "no-label-here"])
     for argv, message in ((["--sparsity", "1.5"], "--sparsity"),
                           (["--rounds", "0"], "--rounds"),
+                          (["--batch-size", "0"], "--batch-size"),
+                          (["--lr", "0"], "--lr must be positive"),
                           (["--prune-epochs", "11"], "--prune-epochs"),
                           ([], "not found"),
                           (["--tfprune", f"a={tmp_path / 'none.keras'}"], "not found"),
@@ -111,3 +118,22 @@ def test_the_plot_title_states_the_recorded_budget():
     assert bvt.budget_text(10, 5) == "10 fine-tuning epochs each, pruning in the first 5"
     assert bvt.budget_text(5) == "5 fine-tuning epochs each"
     assert bvt.budget_text(None) == "the same fine-tuning budget each"   # older records
+
+
+def test_int8_top1_scores_a_flatbuffer_over_the_given_images():
+    import keras
+    import numpy as np
+
+    from tfprune import export
+
+    # A classifier whose answer is known: class = the larger of the two inputs.
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2, activation="softmax", kernel_initializer=
+                                                   keras.initializers.Constant([[4, -4], [-4, 4]]),
+                                                   bias_initializer="zeros")(inputs))
+    x = np.random.default_rng(0).uniform(0, 1, (200, 2)).astype(np.float32)
+    fb = export.to_tflite(model, calibration=x[:50])
+    truth = np.argmax(x, axis=-1)
+    assert bvt.int8_top1(fb, x, truth) >= 97.0
+    assert bvt.int8_top1(fb, x, 1 - truth) <= 3.0
+    assert bvt.int8_top1(fb, x[:4], truth[:4]) in (0.0, 25.0, 50.0, 75.0, 100.0)

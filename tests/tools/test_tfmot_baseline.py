@@ -54,7 +54,8 @@ def test_tfmot_baseline_end_to_end_on_a_small_run(tmp_path):
 
     out = tmp_path / "out"
     cmd = [str(TFMOT_PY), str(TOOLS / "tfmot_baseline.py"), "--weights", str(tmp_path / "w.npz"),
-           "--cifar-npz", str(tmp_path / "cifar.npz"), "--out", str(out), "--sparsity", "0.5",
+           "--cifar-npz", str(tmp_path / "cifar.npz"), "--out", str(out),
+           "--batch-size", "64", "--augment", "flip", "--sparsity", "0.5",
            "--epochs", "1", "--frequency", "1"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -63,6 +64,8 @@ def test_tfmot_baseline_end_to_end_on_a_small_run(tmp_path):
     assert result["dense_top1"] == pytest.approx(bc.evaluate(model, x[:100], y[:100]), abs=0.01)
     assert result["sparsity_achieved"] == pytest.approx(0.5, abs=0.01)
     assert result["int8_tflite_bytes"] == (out / "model_int8.tflite").stat().st_size
+    assert (result["batch_size"], result["augment"]) == (64, "flip")
+    assert len(result["epoch_log"]) == 1
 
     with np.load(out / "weights.npz") as d:
         weights = [d[k] for k in sorted(k for k in d.files if k[0] == "w" and k[1:].isdigit())]
@@ -79,3 +82,5 @@ def test_tfmot_baseline_end_to_end_on_a_small_run(tmp_path):
 
     bad = subprocess.run(cmd[:-6] + ["--sparsity", "1.5"], capture_output=True, text=True)
     assert bad.returncode != 0 and "--sparsity must be in (0, 1)" in bad.stderr
+    bad = subprocess.run(cmd[:-6] + ["--batch-size", "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and "--batch-size must be at least 1" in bad.stderr
