@@ -135,7 +135,8 @@ def main(argv=None):
     # Pruned once, before the first step, with the channel-gate curvature and the merge.
     pruning = tfprune.CampHiVe(tfprune.Target(flops=args.flops), tfprune.OneShot(0),
                                calibration_data=(x[calibration], y[calibration]),
-                               diagonal="gates", verbose=1, seed=args.seed)
+                               diagonal="gates", per_unit_cost=True, min_density=0.375,
+                               verbose=1, seed=args.seed)
     steps = math.ceil(len(x) / FINE_TUNE_BATCH)
     keras.utils.set_random_seed(args.seed)
     # A fresh optimizer, its learning rate a cosine decay from the peak to 0 over the epochs.
