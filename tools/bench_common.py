@@ -220,6 +220,16 @@ class EpochLog(keras.callbacks.Callback):
                 "cpu_s": round(sum(e["cpu_s"] for e in self.epochs), 1)}
 
 
+def recipe_suffix(batch_size: int, lr: float, augment: str) -> str:
+    """The part of a run's name that says how its fine-tuning differs from the protocol's:
+    `"_b16_lr0.004_augflip"`, `""` for the protocol's batch, rate and augmentation (the
+    names of `tools/bench_quality.py`'s runs and of `tools/bench_vs_tfmot.py`'s tfmot
+    folders)."""
+    return ("" if batch_size == PROTOCOL_BATCH else f"_b{batch_size}") \
+        + ("" if lr == FINE_TUNE_LR else f"_lr{lr:g}") \
+        + ("" if augment == "protocol" else f"_aug{augment}")
+
+
 def train(model: keras.Model, data, epochs: int, seed: int, lr=PROTOCOL_LR,
           batch_size: int = PROTOCOL_BATCH, callbacks: Sequence = (), initial_epoch: int = 0,
           from_logits: bool = False, jit_compile=False, verbose=2,

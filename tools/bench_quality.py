@@ -326,9 +326,7 @@ class RunSpec:
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
         extra += "_rewind" if self.after_strip == "rewind" else ""
-        extra += "" if self.batch_size == bc.PROTOCOL_BATCH else f"_b{self.batch_size}"
-        extra += "" if self.lr == bc.FINE_TUNE_LR else f"_lr{self.lr:g}"
-        extra += "" if self.augment == "protocol" else f"_aug{self.augment}"
+        extra += bc.recipe_suffix(self.batch_size, self.lr, self.augment)
         return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
                 f"{pace}{extra}_s{self.seed}")
 

@@ -107,9 +107,7 @@ def tfmot_folder(sparsity: float, epochs: int, seed: int, prune_epochs: int = 0,
     a batch, peak rate or augmentation other than the protocol's is part of the name, as in
     `tools/bench_quality.py`'s run names."""
     pace = f"_p{prune_epochs}" if prune_epochs else ""
-    recipe = (f"_b{batch_size}" if batch_size != bc.PROTOCOL_BATCH else "") \
-        + (f"_lr{lr:g}" if lr != bc.FINE_TUNE_LR else "") \
-        + (f"_aug{augment}" if augment != "protocol" else "")
+    recipe = bc.recipe_suffix(batch_size, lr, augment)
     return bc.CACHE_DIR / "tfmot" / f"sparsity{sparsity:g}_e{epochs}{pace}{recipe}_seed{seed}"
 
 
