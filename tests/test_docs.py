@@ -131,9 +131,18 @@ def _commands(code: str):
     for line in joined.splitlines():
         line = re.sub(r"^\s*\$ ", "", line).split(" #")[0].strip()
         if line and not line.startswith("#"):
-            for part in re.split(r"\s*(?:&&|;|\|\|)\s*", line):
-                if part:
-                    yield shlex.split(part)
+            lexer = shlex.shlex(line, posix=True, punctuation_chars=True)
+            lexer.whitespace_split = True
+            words = []
+            for token in lexer:        # operators inside quotes stay part of their word
+                if token in ("&&", ";", "||"):
+                    if words:
+                        yield words
+                    words = []
+                else:
+                    words.append(token)
+            if words:
+                yield words
 
 
 def _flags(words):

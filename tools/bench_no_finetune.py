@@ -50,15 +50,24 @@ DEFAULT_CONFIGS = ("l1_uniform", "l1_normalized", "l1", "random", "taylor", "cam
 def parse_config(text: str, target: float, seed: int, calibration=None) -> bq.RunSpec:
     """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`.
 
-    `calibration` applies to the methods that take calibration images (ignored otherwise).
+    `calibration` applies to the methods that take calibration images (ignored otherwise);
+    a `min_density=F` option becomes the run's floor, as `bench_quality --min-density`.
     """
     method, _, options = text.strip().partition(":")
     if method not in bq.CHANNEL_METHODS:
         raise InvalidPruningArgumentError(
             f"configuration {text!r}: the method must be one of {', '.join(bq.CHANNEL_METHODS)}")
     images = calibration if method in bq.CALIBRATION_IMAGES else None
+    pairs = [p for p in options.split(",") if p.strip()]
+    floors = [p for p in pairs if p.partition("=")[0].strip() == "min_density"]
+    try:
+        floor = float(floors[-1].partition("=")[2]) if floors else 0.0
+    except ValueError:
+        raise InvalidPruningArgumentError(
+            f"configuration {text!r}: min_density must be a number in [0, 1)") from None
+    options = ",".join(p for p in pairs if p not in floors)
     return bq.RunSpec(method, "channel", target, epochs=1, seed=seed, prune_epochs=0,
-                      options=options, calibration=images)
+                      options=options, calibration=images, min_density=floor)
 
 
 def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_IMAGES) -> dict:

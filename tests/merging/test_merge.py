@@ -81,7 +81,7 @@ def _errors(model, group, removed, partners, x, rule="least_squares"):
 KINDS = ["conv3x3_strided", "conv1x1", "conv_dilated", "conv1d", "dense_flatten", "dense_pool"]
 
 
-def _check_never_worse(kind, bias, seeds):
+def _check_never_worse(kind, bias, seeds, rule="least_squares"):
     for seed in seeds:
         model, x = _consumer_model(kind, bias, seed)
         group = _producer_group(model)
@@ -89,7 +89,7 @@ def _check_never_worse(kind, bias, seeds):
         scores = rng.random(group.size)
         removed = scores < np.sort(scores)[int(rng.integers(1, group.size))]
         partners = cyclic_partners(scores, removed, ~removed)
-        removal, merged, report = _errors(model, group, removed, partners, x)
+        removal, merged, report = _errors(model, group, removed, partners, x, rule)
         assert merged <= removal * (1 + 1e-5) + 1e-9, (kind, bias, seed, merged, removal)
         fold = report.folds[0]
         assert fold.channels == removed.sum()
@@ -98,17 +98,86 @@ def _check_never_worse(kind, bias, seeds):
                                    rtol=1e-3, atol=1e-4 * removal)
 
 
+@pytest.mark.parametrize("rule", ["least_squares", "regression"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_channel_fold_never_worse_than_removal(kind, bias):
-    _check_never_worse(kind, bias, seeds=range(3))
+def test_channel_fold_never_worse_than_removal(kind, bias, rule):
+    _check_never_worse(kind, bias, seeds=range(3), rule=rule)
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("rule", ["least_squares", "regression"])
 @pytest.mark.parametrize("bias", [True, False])
 @pytest.mark.parametrize("kind", KINDS)
-def test_channel_fold_never_worse_than_removal_many_seeds(kind, bias):
-    _check_never_worse(kind, bias, seeds=range(3, 53))
+def test_channel_fold_never_worse_than_removal_many_seeds(kind, bias, rule):
+    _check_never_worse(kind, bias, seeds=range(3, 53), rule=rule)
+
+
+@pytest.mark.parametrize("kind", ["conv1x1", "dense_pool", "dense_flatten"])
+def test_regression_is_the_least_squares_reconstruction_from_the_kept_channels(kind):
+    """On a pointwise consumer the fold equals the output's regression on the kept inputs."""
+    model, x = _consumer_model(kind, True, 7)
+    group = _producer_group(model)
+    cons = model.get_layer("cons")
+    a = _inputs(model, "cons", x)
+    reference = np.asarray(cons(a), dtype=np.float64).reshape(-1, 5)
+    removed = np.isin(np.arange(group.size), [0, 3, 4])
+    partners = cyclic_partners(np.arange(group.size, dtype=float), removed, ~removed)
+    kernel_slice = next(p for p in group.params if p.layer == "cons" and p.weight == "kernel")
+    # The best any kernel on the kept inputs (and a bias) can do, by brute-force least squares.
+    kept_rows = np.setdiff1d(np.arange(np.prod(cons.kernel.shape[:-1])),
+                             kernel_slice.indices(np.flatnonzero(removed)))
+    features = a.reshape(len(reference), -1)[:, kept_rows].astype(np.float64)
+    features = np.concatenate([features, np.ones((len(features), 1))], axis=1)
+    fit = features @ np.linalg.lstsq(features, reference, rcond=None)[0]
+    best = float(np.sum((fit - reference) ** 2))
+    removal, merged, report = _errors(model, group, removed, partners, x, "regression")
+    assert report.folds[0].channels == 3
+    assert merged < removal
+    if kind == "dense_flatten":  # one map shared by the positions: not the per-row optimum
+        assert best <= merged * (1 + 1e-4)
+    else:
+        np.testing.assert_allclose(merged, best, rtol=2e-3, atol=1e-6 * removal)
+
+
+def test_regression_recovers_a_linear_combination():
+    """A removed channel that is a mix of two kept ones is recovered through both."""
+    model, x = _consumer_model("conv1x1", False, 3)
+    prod, bn = model.get_layer("prod"), model.layers[2]
+    for v in (bn.moving_mean, bn.beta):
+        v.assign(np.zeros(6))
+    for v in (bn.gamma, bn.moving_variance):
+        v.assign(np.ones(6))
+    # Keep the producer linear-positive: ReLU of (0.5 c2 + 2 c5) equals 0.5 ReLU(c2) + 2
+    # ReLU(c5) when both are non-negative.
+    kernel, pbias = np.abs(prod.kernel.numpy()), np.abs(prod.bias.numpy())
+    kernel[..., 0] = 0.5 * kernel[..., 2] + 2.0 * kernel[..., 5]
+    pbias[0] = 0.5 * pbias[2] + 2.0 * pbias[5]
+    prod.kernel.assign(kernel)
+    prod.bias.assign(pbias)
+    x = np.abs(x)
+    group = _producer_group(model)
+    removed = np.arange(group.size) == 0
+    scores = np.arange(group.size, dtype=float)
+    partners = cyclic_partners(scores, removed, ~removed)
+    twin = keras.models.clone_model(model)
+    twin.set_weights(model.get_weights())
+    removal, merged, _ = _errors(model, group, removed, partners, x, "regression")
+    _, paired, _ = _errors(twin, group, removed, partners, x)
+    assert merged < 1e-4 * removal
+    assert paired > 100 * merged      # one partner cannot carry a mix of two channels
+
+
+def test_regression_is_refused_for_single_weights():
+    dense = keras.layers.Dense(3)
+    x = np.random.rand(16, 5).astype("float32")
+    dense(x)
+    w = np.abs(dense.kernel.numpy())
+    with pytest.raises(InvalidPruningArgumentError, match="regression"):
+        merge_weights(dense, w < np.median(w), w >= np.median(w), w, x, rule="regression")
+    with pytest.raises(InvalidPruningArgumentError, match="granularity"):
+        tfprune.CampHiVe(tfprune.Target(sparsity=0.5), granularity="weight",
+                         calibration_data=(x, np.zeros(16)), merge_rule="regression")
 
 
 def test_fold_improves_on_correlated_channels():

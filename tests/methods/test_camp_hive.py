@@ -530,6 +530,25 @@ def test_gates_prune_inside_fit_and_meet_the_target():
     np.testing.assert_allclose(small(x[:32]), model(x[:32]), rtol=1e-4, atol=1e-4)
 
 
+def test_regression_fold_prunes_once_and_folds_into_every_kept_channel():
+    x, y = _digits()
+    model = _digits_cnn()
+    model.fit(x[:512], y[:512], batch_size=32, epochs=2, verbose=0)
+    records = {}
+    for rule in ("least_squares", "regression"):
+        pruning = CampHiVe(tfprune.Target(flops=0.5), calibration_data=(x[:128], y[:128]),
+                           diagonal="gates", merge_rule=rule, verbose=0)
+        small = tfprune.prune(model, pruning)
+        assert tfprune.profile(small).flops <= 0.5 * tfprune.profile(model).flops
+        records[rule] = pruning.records[-1]
+        again = CampHiVe.from_config(pruning.get_config(), calibration_data=(x[:8], y[:8]))
+        assert again.merge_rule == rule
+    pair, regression = records["least_squares"], records["regression"]
+    assert regression.folded == pair.folded > 0          # the same channels, other weights
+    assert regression.error_merged <= regression.error_removal
+    np.testing.assert_allclose(regression.error_removal, pair.error_removal, rtol=1e-5)
+
+
 def test_gates_refuse_single_weights_and_losses_without_gauss_newton():
     x, y = _digits()
     with pytest.raises(InvalidPruningArgumentError, match="gates"):

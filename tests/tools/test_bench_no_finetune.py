@@ -21,6 +21,12 @@ def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
     assert spec.keyword_arguments() == {"diagonal": "gates", "merge": False}
     assert spec.calibration_images == 256
     assert bn.parse_config("l1_uniform", 0.25, 0, calibration=256).calibration_images == 0
+    floored = bn.parse_config("camp_hive:min_density=0.375,merge_rule=regression", 0.25, 0)
+    assert floored.min_density == 0.375
+    assert floored.keyword_arguments() == {"merge_rule": "regression"}
+    assert bn.parse_config("l1_per_flop:min_density=0.25", 0.25, 0).options == ""
+    with pytest.raises(InvalidPruningArgumentError, match="min_density"):
+        bn.parse_config("l1_per_flop:min_density=half", 0.25, 0)
     for bad in ("obd", "narrow", "dense"):
         with pytest.raises(InvalidPruningArgumentError, match="must be one of"):
             bn.parse_config(bad, 0.25, 0)

@@ -17,7 +17,7 @@ from tfprune.keras.callback import PruningCallback
 from tfprune.keras.targets import Target
 from tfprune.merging import (consumers_to_fold, cyclic_partners, merge_channels, merge_weights,
                              unsupported_reason)
-from tfprune.merging.pairing import check_rule
+from tfprune.merging.pairing import HALF, LEAST_SQUARES, REGRESSION, check_rule
 from tfprune.errors import InvalidPruningArgumentError
 
 _SCORES = "camp_hive/scores"
@@ -101,8 +101,10 @@ class CampHiVe(PruningCallback):
             augmentation; 128 to 256 training samples (its cost grows with its size).
         granularity: `"channel"` (structured: the model gets smaller) or `"weight"`.
         merge: fold removed units into partners (False: plain removal).
-        merge_rule: `"least_squares"` (fitted fold) or `"half"` (the prototype's
-            `w_j += w_i / 2`, partners by position).
+        merge_rule: `"least_squares"` (fitted fold into one partner), `"half"` (the
+            prototype's `w_j += w_i / 2`, partners by position) or, for channels,
+            `"regression"` (each removed channel's activation regressed on every kept
+            channel of its group, folded into all of them; `tfprune.merging.channels`).
         beta: strength of the curvature-adaptive thresholds, `>= 0`; 0 (the default) is one
             global threshold (and skips the block curvature). On ResNet-8 a group's block
             eigenvalue was lowest in the widest, most redundant group, and `beta > 0` emptied
@@ -161,7 +163,8 @@ class CampHiVe(PruningCallback):
                  merge_rule: str = "least_squares", beta: float = 0.0,
                  diagonal: str = "hutchinson", hessian: str = "exact", power_iters: int = 3,
                  hutchinson_samples: int = 8, top_k: int = 1, per_unit_cost: bool = False,
-                 normalize: Optional[str] = "mean", loss=None, batch_size: int = 128, min_channels: int = 1,
+                 normalize: Optional[str] = "mean", loss=None, batch_size: int = 128,
+                 min_channels: int = 1,
                  min_density: float = 0.0, verbose: int = 1, seed: int = 0,
                  joint: bool = False):
         if not isinstance(merge, bool):
@@ -174,6 +177,10 @@ class CampHiVe(PruningCallback):
                 f"diagonal='gates' scores channels; granularity={granularity!r} needs "
                 "diagonal='hutchinson', 'lowrank' or 'both'")
         self.merge_rule = check_rule(merge_rule)
+        if merge_rule == REGRESSION and granularity != CHANNEL:
+            raise InvalidPruningArgumentError(
+                "merge_rule='regression' folds channels; granularity="
+                f"{granularity!r} needs merge_rule='least_squares' or 'half'")
         thresholds = AdaptiveThresholds(beta, per_unit_cost=per_unit_cost, normalize=normalize)
         # The engine validates `verbose`; the criterion only needs to know whether to print.
         talk = int(isinstance(verbose, int) and not isinstance(verbose, bool) and verbose > 0)
@@ -275,8 +282,9 @@ class CampHiVe(PruningCallback):
         for group, s in zip(self.groups, scores):
             new = removed[group.id] & ~context.removed[group.id]
             if new.any():
-                partners[group.id] = cyclic_partners(s, new, ~removed[group.id],
-                                                     rule=self.merge_rule)
+                partners[group.id] = cyclic_partners(
+                    s, new, ~removed[group.id],
+                    rule=HALF if self.merge_rule == HALF else LEAST_SQUARES)
         paths, skipped = consumers_to_fold(context.model, self.groups, partners)
         report = merge_channels(context.model, self.groups, partners,
                                 context.activations(paths) if paths else {},

@@ -27,5 +27,5 @@ cyclic_partners(np.array([0.1, 3., 0.2, 5.]), [True, False, True, False],
 
 from tfprune.merging.channels import ConsumerFold, MergeReport, consumers_to_fold, merge_channels
 from tfprune.merging.consumers import LinearConsumer, unsupported_reason
-from tfprune.merging.pairing import HALF, LEAST_SQUARES, RULES, cyclic_partners
+from tfprune.merging.pairing import HALF, LEAST_SQUARES, REGRESSION, RULES, cyclic_partners
 from tfprune.merging.weights import WeightFold, merge_weights

@@ -18,6 +18,17 @@ the calibration data: the consumer's reconstruction error can only go down (the 
 checked against removal and dropped if rounding ever says otherwise).
 
 The `"half"` rule is the CAMP-HiVe prototype's: `alpha = 1/2`, no bias change, no fit.
+
+The `"regression"` rule folds each removed channel into *every* kept channel of its group
+instead of one partner: its activation is regressed on theirs over the calibration samples
+and positions, `a_p ~ sum_k B_kp a_k + c_p` (`B` by least squares, with a small ridge; `c`
+only when the consumer has a bias), and the consumer takes `W[..., k, :] += sum_p B_kp
+W[..., p, :]` and the bias `sum_p c_p sum_taps W_p`. For a Dense or 1x1 consumer that is the
+least-squares reconstruction of its output from the kept channels, whatever its weights: each
+residual `a_p - B_p a` is orthogonal to every kept activation. For a wider kernel the taps see
+shifted activations and the map is close to, not exactly, the best; every consumer's output
+error is measured on the calibration data and a fold that would do worse than plain removal
+is dropped, as for the other rules.
 """
 
 from __future__ import annotations
@@ -30,8 +41,8 @@ import tensorflow as tf
 
 from tfprune.graph.group import PRODUCER, ChannelGroup
 from tfprune.graph.paths import find_layer
-from tfprune.merging.consumers import LinearConsumer, unsupported_reason
-from tfprune.merging.pairing import HALF, check_rule
+from tfprune.merging.consumers import CHUNK_ELEMENTS, LinearConsumer, unsupported_reason
+from tfprune.merging.pairing import HALF, REGRESSION, check_rule
 
 
 @dataclasses.dataclass
@@ -82,6 +93,16 @@ class _Terms:
     def stacked(self):
         return tuple(np.concatenate(a).astype(np.int64) for a in (
             self.removed_channels, self.partner_channels, self.removed_rows, self.partner_rows))
+
+
+@dataclasses.dataclass
+class _Part:
+    """One group's channels as one consumer reads them, for the `"regression"` rule."""
+
+    channels: np.ndarray  # (group size, k): the consumer's input channels of each
+    rows: np.ndarray  # (group size, k): the kernel rows (input axis) that weigh them
+    folded: np.ndarray  # group channels to fold
+    kept: np.ndarray  # group channels that stay: the regressors
 
 
 def consumers_to_fold(model, groups: Sequence[ChannelGroup],
@@ -161,9 +182,13 @@ def merge_channels(model, groups: Sequence[ChannelGroup], partners: Mapping[int,
             (from `cyclic_partners`), -1 for the others.
         activations: `{consumer path: its input on the calibration data}`
             (`ScoringContext.activations`); consumers missing here are skipped.
-        rule: `"least_squares"` (fit `alpha` and the bias) or `"half"` (`alpha = 1/2`).
+        rule: `"least_squares"` (fit `alpha` and the bias), `"half"` (`alpha = 1/2`) or
+            `"regression"` (every kept channel of the group takes a fitted share; the
+            partners only say which channels to fold).
         removed: `{group id: bool array}` of every channel removed after this event: the
-            consumers' outputs it removes are left out of the fit. None: none.
+            consumers' outputs it removes are left out of the fit, and with `"regression"`
+            the channels it does not flag are the regressors. None: none removed (the
+            regressors are the channels without a partner).
 
     Returns:
         A `MergeReport`.
@@ -185,6 +210,7 @@ def merge_channels(model, groups: Sequence[ChannelGroup], partners: Mapping[int,
     """
     rule = check_rule(rule)
     terms: Dict[str, _Terms] = {}
+    parts: Dict[str, List[_Part]] = {}
     report = MergeReport()
     for group in groups:
         partner = np.asarray(partners.get(group.id, ()), dtype=np.int64)
@@ -200,6 +226,13 @@ def merge_channels(model, groups: Sequence[ChannelGroup], partners: Mapping[int,
                 report.skipped[member.layer] = reason
                 continue
             kernel = next(p for p in member.params if p.weight == "kernel")
+            if rule == REGRESSION:
+                gone = partner >= 0
+                if removed is not None and group.id in removed:
+                    gone = gone | np.asarray(removed[group.id], dtype=bool)
+                parts.setdefault(member.layer, []).append(_Part(
+                    member.index_map, kernel.index_map, folded, np.flatnonzero(~gone)))
+                continue
             t = terms.setdefault(member.layer, _Terms())
             t.removed_channels.append(member.index_map[folded])
             t.partner_channels.append(member.index_map[partner[folded]])
@@ -209,6 +242,11 @@ def merge_channels(model, groups: Sequence[ChannelGroup], partners: Mapping[int,
         consumer = LinearConsumer(find_layer(model, path))
         keep = ~_removed_outputs(path, groups, removed, consumer.outputs)
         report.folds.append(_fold(consumer, path, t, np.asarray(activations[path]), keep, rule))
+    for path, found in parts.items():
+        consumer = LinearConsumer(find_layer(model, path))
+        keep = ~_removed_outputs(path, groups, removed, consumer.outputs)
+        report.folds.append(_fold_regression(consumer, path, found,
+                                             np.asarray(activations[path]), keep))
     return report
 
 
@@ -273,3 +311,80 @@ def _least_squares(consumer, path, inputs, removed_ch, partner_ch, removed_rows,
         return np.zeros(n), None, ConsumerFold(path, n, y_sq, y_sq)
     bias = (sum_y - alpha @ sum_z) / count if has_bias else None
     return alpha, bias, ConsumerFold(path, n, y_sq, max(merged, 0.0))
+
+
+#: Ridge of the `"regression"` rule, relative to the kept activations' mean variance.
+RIDGE = 1e-6
+
+
+def _moments(inputs, channels: np.ndarray, centre: bool):
+    """Mean and (centred) second moment of a group's channels over samples and positions."""
+    size, k = channels.shape
+    second = np.zeros((size, size))
+    total = np.zeros(size)
+    count = 0
+    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(np.shape(inputs)[1:]))))
+    for start in range(0, len(inputs), step):
+        x = np.take(inputs[start:start + step], channels.reshape(-1), axis=-1)
+        x = np.swapaxes(x.reshape(x.shape[:-1] + (size, k)), -1, -2).reshape(-1, size)
+        x = x.astype(np.float64)
+        second += x.T @ x
+        total += x.sum(0)
+        count += x.shape[0]
+    mean = total / max(count, 1)
+    second /= max(count, 1)
+    if centre:
+        second -= np.outer(mean, mean)
+    return mean, second
+
+
+def _fold_regression(consumer: LinearConsumer, path, parts, inputs, keep) -> ConsumerFold:
+    """The `"regression"` fold of one consumer (see the module docstring)."""
+    has_bias = consumer.bias is not None
+    moved = np.moveaxis(np.asarray(consumer.kernel.numpy(), np.float64), consumer.in_axis, 0)
+    delta = np.zeros_like(moved)  # the change of the kept rows
+    dropped = np.zeros_like(moved)  # the removed rows: the term plain removal loses
+    bias = np.zeros(consumer.outputs)
+    n = 0
+    for part in parts:
+        n += part.folded.size
+        for j in range(part.rows.shape[1]):
+            dropped[part.rows[part.folded, j]] = moved[part.rows[part.folded, j]]
+        if not part.kept.size:
+            continue
+        mean, cov = _moments(inputs, part.channels, has_bias)
+        kk = cov[np.ix_(part.kept, part.kept)]
+        ridge = RIDGE * max(float(np.trace(kk)) / part.kept.size, 1e-12)
+        share = np.linalg.solve(kk + ridge * np.eye(part.kept.size),
+                                cov[np.ix_(part.kept, part.folded)])  # (kept, folded)
+        offset = mean[part.folded] - mean[part.kept] @ share if has_bias else None
+        for j in range(part.rows.shape[1]):
+            removed_rows = moved[part.rows[part.folded, j]]
+            delta[part.rows[part.kept, j]] += np.tensordot(share, removed_rows, axes=1)
+            if has_bias:
+                bias += np.tensordot(offset, removed_rows, axes=1).reshape(
+                    -1, consumer.outputs).sum(0)
+    lost, merged = _errors(consumer, inputs, np.moveaxis(dropped, 0, consumer.in_axis),
+                           np.moveaxis(delta, 0, consumer.in_axis), bias, keep)
+    if not np.isfinite(merged) or merged > lost:
+        return ConsumerFold(path, n, lost, lost)
+    kernel = np.moveaxis(moved + delta, 0, consumer.in_axis)
+    consumer.kernel.assign(kernel.astype(consumer.kernel.dtype))
+    if has_bias:
+        consumer.bias.assign((consumer.bias.numpy() + bias).astype(consumer.bias.dtype))
+    return ConsumerFold(path, n, lost, merged)
+
+
+def _errors(consumer, inputs, dropped, delta, bias, keep):
+    """Squared output error on the kept outputs: plain removal, and removal with the fold."""
+    keep = tf.constant(keep.astype(np.float32))
+    bias = tf.constant(bias.astype(np.float32))
+    lost = merged = 0.0
+    step = consumer.sample_chunk(inputs, 2 * consumer.outputs)
+    for start in range(0, len(inputs), step):
+        chunk = inputs[start:start + step]
+        y = consumer.apply(chunk, dropped) * keep
+        z = (consumer.apply(chunk, delta) + bias) * keep
+        lost += float(tf.reduce_sum(y * y))
+        merged += float(tf.reduce_sum(tf.square(y - z)))
+    return lost, merged

@@ -8,16 +8,22 @@ from tfprune.errors import InvalidPruningArgumentError
 
 LEAST_SQUARES = "least_squares"
 HALF = "half"
-RULES = (LEAST_SQUARES, HALF)
+REGRESSION = "regression"
+RULES = (LEAST_SQUARES, HALF, REGRESSION)
+#: What each rule does, for error messages.
+_MEANING = {
+    LEAST_SQUARES: "fit the removed unit's activation on its partner's",
+    HALF: "add half the removed weights to the partner's, partners by position",
+    REGRESSION: "channels only: regress each removed channel's activation on every kept "
+                "channel of its group",
+}
 
 
-def check_rule(rule) -> str:
-    """`rule` if it is a merge rule, else `InvalidPruningArgumentError`."""
-    if rule not in RULES:
-        raise InvalidPruningArgumentError(
-            f"merge_rule={rule!r}: accepted are 'least_squares' (fit the removed unit's "
-            "activation on its partner's) and 'half' (add half the removed weights to the "
-            "partner's, partners by position)")
+def check_rule(rule, accepted=RULES) -> str:
+    """`rule` if it is one of the `accepted` merge rules, else `InvalidPruningArgumentError`."""
+    if rule not in accepted:
+        listed = "; ".join(f"{r!r} ({_MEANING[r]})" for r in accepted)
+        raise InvalidPruningArgumentError(f"merge_rule={rule!r}: accepted are {listed}")
     return rule
 
 
@@ -51,7 +57,7 @@ def cyclic_partners(scores, pruned, kept, axis: int = 0, rule: str = LEAST_SQUAR
     cyclic_partners(scores, scores < 2.5, scores >= 2.5)   # [-1, 0, -1, 2, -1]
     ```
     """
-    check_rule(rule)
+    check_rule(rule, (LEAST_SQUARES, HALF))
     scores = np.asarray(scores, dtype=np.float64)
     pruned = np.asarray(pruned, dtype=bool) & ~np.asarray(kept, dtype=bool)
     kept = np.asarray(kept, dtype=bool)

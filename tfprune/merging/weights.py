@@ -22,7 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from tfprune.merging.consumers import LinearConsumer
-from tfprune.merging.pairing import HALF, check_rule, cyclic_partners
+from tfprune.merging.pairing import HALF, LEAST_SQUARES, check_rule, cyclic_partners
 
 
 @dataclasses.dataclass
@@ -76,7 +76,7 @@ def merge_weights(layer, pruned, kept, scores, inputs, rule: str = "least_square
     fold = merge_weights(dense, w < np.median(w), w >= np.median(w), w, x)
     ```
     """
-    rule = check_rule(rule)
+    rule = check_rule(rule, (LEAST_SQUARES, HALF))
     consumer = LinearConsumer(layer)
     kernel = np.asarray(consumer.kernel.numpy(), dtype=np.float64)
     axis = consumer.in_axis
