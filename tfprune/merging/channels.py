@@ -41,7 +41,7 @@ import tensorflow as tf
 
 from tfprune.graph.group import PRODUCER, ChannelGroup
 from tfprune.graph.paths import find_layer
-from tfprune.merging.consumers import CHUNK_ELEMENTS, LinearConsumer, unsupported_reason
+from tfprune.merging.consumers import LinearConsumer, unsupported_reason
 from tfprune.merging.pairing import HALF, REGRESSION, check_rule
 
 
@@ -317,13 +317,13 @@ def _least_squares(consumer, path, inputs, removed_ch, partner_ch, removed_rows,
 RIDGE = 1e-6
 
 
-def _moments(inputs, channels: np.ndarray, centre: bool):
-    """Mean and (centred) second moment of a group's channels over samples and positions."""
+def _moments(inputs, channels: np.ndarray, centre: bool, step: int):
+    """Mean and (centred) second moment of a group's channels over samples and positions,
+    `step` samples at a time."""
     size, k = channels.shape
     second = np.zeros((size, size))
     total = np.zeros(size)
     count = 0
-    step = max(1, CHUNK_ELEMENTS // max(1, int(np.prod(np.shape(inputs)[1:]))))
     for start in range(0, len(inputs), step):
         x = np.take(inputs[start:start + step], channels.reshape(-1), axis=-1)
         x = np.swapaxes(x.reshape(x.shape[:-1] + (size, k)), -1, -2).reshape(-1, size)
@@ -352,7 +352,8 @@ def _fold_regression(consumer: LinearConsumer, path, parts, inputs, keep) -> Con
             dropped[part.rows[part.folded, j]] = moved[part.rows[part.folded, j]]
         if not part.kept.size:
             continue
-        mean, cov = _moments(inputs, part.channels, has_bias)
+        mean, cov = _moments(inputs, part.channels, has_bias,
+                             consumer.sample_chunk(inputs, np.shape(inputs)[-1]))
         kk = cov[np.ix_(part.kept, part.kept)]
         ridge = RIDGE * max(float(np.trace(kk)) / part.kept.size, 1e-12)
         share = np.linalg.solve(kk + ridge * np.eye(part.kept.size),
