@@ -119,13 +119,16 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "magnitude": "global magnitude", "dense": "dense", "dense_ft": "dense, fine-tuned",
           "narrow": "narrow from scratch",
           "narrow_ft": "narrow from scratch, 30 epochs + fine-tuned"}
-#: Methods whose constructor takes `RunSpec.options` (`--options`).
-OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform")
+L1_METHODS = ("l1", "l1_uniform", "l1_normalized", "l1_per_flop")
+#: Methods whose constructor takes `RunSpec.options` (`--options`; the L1 methods, e.g.
+#: `merge_rule=regression` with `--calibration`: the engine's fold, criterion L1).
+OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform") + L1_METHODS
 #: Rankings inside RDPrune's units beyond `tfprune.criteria.get`'s names (`--options
 #: criterion=gates`): CAMP-HiVe's channel-gate saliency and SOSP-H's, in the RD allocation.
 RD_CRITERIA = {"gates": lambda: CampHiVeSaliency("gates"), "sosp": SOSPSaliency}
+#: Calibration images per method by default (the L1 methods take none unless `--calibration`).
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
-                      "gates_uniform": 128}
+                      "gates_uniform": 128, **dict.fromkeys(L1_METHODS, 0)}
 DEFAULT_EPOCHS = 10
 #: Clean training images, and images per batch, of the BatchNorm statistics re-estimated at
 #: the end of every run (`tfprune.recalibrate_batchnorm`; `--recalibrate 0` skips it).
@@ -408,12 +411,13 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common,
                                **options)
     target = tfprune.Target(flops=spec.target)
-    if spec.method in ("l1", "l1_uniform", "l1_normalized", "l1_per_flop"):
+    if spec.method in L1_METHODS:
         allocation = {"l1": "global", "l1_uniform": "uniform", "l1_normalized": "normalized",
                       "l1_per_flop": tfprune.allocation.GlobalRanking(
                           per_unit_cost=True, normalize="mean")}[spec.method]
         return tfprune.MagnitudePruning(target, gradual, "l1", allocation=allocation, verbose=0,
-                                        **common)
+                                        calibration_data=cal if spec.calibration_images else None,
+                                        **common, **options)
     if spec.method == "random":
         return tfprune.MagnitudePruning(target, gradual, "random", verbose=0, **common)
     if spec.method == "taylor":

@@ -291,6 +291,41 @@ def test_config_is_json():
     assert schedule == tfprune.PolynomialDecay(0, 10, 5)
 
 
+@pytest.mark.parametrize("rule", ["regression", "least_squares"])
+def test_merge_rule_folds_the_removed_channels_of_any_criterion(tiny_cnn, data, rule):
+    model = tiny_cnn()
+    _fit(model, data, keras.callbacks.Callback(), epochs=2)
+    events, smalls = {}, {}
+    for merge_rule in (None, rule):
+        cb = tfprune.MagnitudePruning(tfprune.Target(flops=0.5), calibration_data=data,
+                                      merge_rule=merge_rule, verbose=1)
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            smalls[merge_rule] = tfprune.prune(model, cb)
+        events[merge_rule] = cb.events[-1]
+        assert ("folded" in out.getvalue()) == (merge_rule is not None)
+        assert cb.get_config()["merge_rule"] == merge_rule
+    plain, fold = events[None], events[rule].fold
+    assert plain.fold is None and events[rule].removed == plain.removed   # same channels
+    assert fold.folded > 0 and not fold.skipped
+    assert fold.error_merged < fold.error_removal                # the consumers' own error
+    assert [w.shape for w in smalls[rule].weights] == [w.shape for w in smalls[None].weights]
+    assert any(not np.allclose(a, b) for a, b in zip(smalls[rule].get_weights(),
+                                                     smalls[None].get_weights()))
+
+
+def test_merge_rule_by_name_and_in_sosph(tiny_cnn, data):
+    model = tiny_cnn()
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    small = tfprune.prune(model, "l1", tfprune.Target(flops=0.5), data,
+                          merge_rule="regression")
+    assert tfprune.profile(small).flops <= 0.5 * tfprune.profile(model).flops
+    sosp = tfprune.SOSPH(tfprune.Target(flops=0.5), data, per_flop=True, loss=loss,
+                         merge_rule="regression", verbose=0)
+    tfprune.prune(model, sosp)
+    assert sosp.events[-1].fold.folded > 0 and sosp.get_config()["merge_rule"] == "regression"
+
+
 # --- bad input -------------------------------------------------------------------------
 
 
@@ -321,6 +356,15 @@ def test_config_is_json():
      DataError, "calibration_data must be an \\(x, y\\) tuple"),
     (lambda: tfprune.PruningCallback("taylor", tfprune.Target(flops=0.5)),
      MissingCalibrationDataError, "Taylor\\(\\) needs calibration data"),
+    (lambda: tfprune.MagnitudePruning(tfprune.Target(flops=0.5), merge_rule="regression"),
+     MissingCalibrationDataError, "merge_rule='regression' fits the fold"),
+    (lambda: tfprune.MagnitudePruning(tfprune.Target(flops=0.5), merge_rule="average",
+                                      calibration_data=(np.zeros((2, 8, 8, 3)), [0, 1])),
+     InvalidPruningArgumentError, "merge_rule='average'.*'regression'"),
+    (lambda: tfprune.MagnitudePruning(tfprune.Target(sparsity=0.5), granularity="weight",
+                                      merge_rule="half",
+                                      calibration_data=(np.zeros((2, 8, 8, 3)), [0, 1])),
+     InvalidPruningArgumentError, "folds channels; granularity='weight'"),
 ])
 def test_bad_arguments_are_refused_at_construction(build, error, message):
     with pytest.raises(error, match=message):

@@ -38,9 +38,9 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "camp_hive", "min_density": 1.0}, "min_density"),
     ({"method": "l1", "epochs": 4, "prune_epochs": 5}, "prune_epochs=5 > epochs=4"),
     ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
-    ({"method": "l1", "options": "merge=False"}, "only camp_hive"),
+    ({"method": "random", "options": "merge=False"}, "only camp_hive"),
     ({"method": "camp_hive", "options": "merge"}, "name=value"),
-    ({"method": "l1", "calibration": 256}, "calibration=256"),
+    ({"method": "random", "calibration": 256}, "calibration=256"),
     ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
     ({"method": "l1", "distill": 1.5}, r"distill=1.5: a weight in \[0, 1\]"),
     ({"method": "narrow", "distill": 0.9}, "takes no distillation"),
@@ -98,6 +98,18 @@ def test_l1_per_flop_ranks_normalized_l1_per_flop_like_sosp_h_per_flop():
     assert pruning.min_density == 0.25
     assert bq.label({"method": "l1_per_flop", "run": "x"}) == \
         "L1 magnitude (normalized, per FLOP)"
+
+
+def test_l1_takes_the_engines_fold_with_calibration_images():
+    pool = (np.zeros((2048, 8, 8, 3), "float32"), np.zeros(2048))
+    spec = bq.RunSpec("l1_uniform", options="merge_rule=regression", calibration=1024)
+    assert spec.name == "l1_uniform_channel_flops0.25_e10_p5_merge_ruleregression_cal1024_s0"
+    pruning = bq.make_pruning(spec, 10, pool)
+    assert pruning.merge_rule == "regression" and len(pruning.calibration_data[0]) == 1024
+    plain = bq.make_pruning(bq.RunSpec("l1_uniform"), 10, pool)
+    assert plain.merge_rule is None and plain.calibration_data is None
+    with pytest.raises(tfprune.errors.MissingCalibrationDataError, match="merge_rule"):
+        bq.make_pruning(bq.RunSpec("l1_uniform", options="merge_rule=regression"), 10, pool)
 
 
 def test_distillation_is_part_of_the_name_and_the_label():

@@ -11,7 +11,9 @@ callback:
    with the units removed before kept removed (masks are monotone) and each group/kernel
    keeping its minimum (`allocate(context, scores, keep)`);
 4. calls `after_selection(context, removed)`, where a method may edit weights before the
-   masks apply (e.g. fold a removed channel into a kept partner);
+   masks apply: with `merge_rule` set (channel granularity), the engine's own folds each
+   newly removed channel into the kept ones (`tfprune.merging`) so that its consumers'
+   outputs change as little as possible;
 5. sets the masks and zeroes the masked weights and optimizer slots.
 
 Between events the masks are enforced after every optimizer step (see `tfprune.keras.masks`).
@@ -58,6 +60,8 @@ from tfprune.keras.masks import MaskSet
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
 from tfprune.keras.wrapper import PruningWrapper, is_wrapped, record_target, saved_target, unwrap
+from tfprune.merging import consumers_to_fold, cyclic_partners, merge_channels
+from tfprune.merging.pairing import HALF, LEAST_SQUARES, check_rule
 
 GRANULARITIES = (CHANNEL, WEIGHT)
 #: Variable names pruned at weight granularity (plus a layer's `get_prunable_weights()`).
@@ -66,12 +70,48 @@ KERNELS = ("kernel", "depthwise_kernel", "pointwise_kernel")
 _COST_OF = {"flops": "flops", "params": "params", "weight_bytes": "weight_bytes",
             "sparsity": "params"}
 
+#: `ScoringContext.cache` key of an event's scores (one array per pool), for `after_selection`.
+SCORES = "pruning/scores"
+
 _ACTIVE = weakref.WeakKeyDictionary()
 
 
 def active_pruning(model) -> Optional["PruningCallback"]:
     """The `PruningCallback` training `model` now (the last one to start), or None."""
     return _ACTIVE.get(model)
+
+
+@dataclasses.dataclass
+class FoldRecord:
+    """What folding the removed channels into kept ones did at one pruning event.
+
+    Attributes:
+        folded: removed channels folded (a channel per consumer it reached).
+        error_removal: the folded consumers' output error on the calibration data with plain
+            removal (sum of squares), or None (nothing folded, or `merge_rule="half"`).
+        error_merged: the same error after folding, or None.
+        skipped: `{layer: why nothing was folded into it}`.
+    """
+
+    folded: int = 0
+    error_removal: Optional[float] = None
+    error_merged: Optional[float] = None
+    skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
+
+    def describe(self) -> str:
+        """One line: what was folded and how the consumers' error compares with removal."""
+        saved = ""
+        if self.error_removal:
+            change = self.error_merged / self.error_removal - 1.0
+            saved = f", consumer output error {change:+.0%} vs plain removal"
+        skipped = f"; not folded into {len(self.skipped)} layer(s): " + ", ".join(
+            sorted(self.skipped)) if self.skipped else ""
+        return f"folded {self.folded} removed unit(s) into kept ones{saved}{skipped}"
+
+
+def _sum(values):
+    values = [v for v in values if v is not None]
+    return float(sum(values)) if values else None
 
 
 @dataclasses.dataclass
@@ -84,6 +124,7 @@ class PruningEvent:
         achieved: `flops_kept`, `params_kept`, `sparsity` (and `weight_bytes_kept`) after it.
         removed: units removed in total, per group id (channels) or variable name (weights).
         skipped: why the event left the masks as they were, or None.
+        fold: what folding the removed channels did (`merge_rule` set), or None.
     """
 
     step: int
@@ -91,6 +132,7 @@ class PruningEvent:
     achieved: Dict[str, float]
     removed: Dict
     skipped: Optional[str] = None
+    fold: Optional[FoldRecord] = None
 
 
 def _fraction(name, value, low, high, high_open=True):
@@ -174,6 +216,14 @@ class PruningCallback(keras.callbacks.Callback):
         min_density: fraction of each group's channels, or of each kernel's weights, kept.
         verbose: 0 silent, 1 one line per pruning event.
         seed: seed of every random draw (with the event's step).
+        merge_rule: channel granularity: fold each newly removed channel into the kept
+            channels of its group instead of only removing it, fitted on the calibration
+            activations at its consumers' inputs (`tfprune.merging.merge_channels`; needs
+            `calibration_data`): `"regression"` (its activation regressed on every kept
+            channel of the group), `"least_squares"` (one partner each, the least
+            salient removed with the most salient kept, cycling) or `"half"`
+            (`w_q += w_p / 2`). None (the default): plain removal. Each event's
+            `PruningEvent.fold` says what was folded.
 
     Example:
 
@@ -190,7 +240,8 @@ class PruningCallback(keras.callbacks.Callback):
 
     def __init__(self, criterion, target, schedule=None, allocation=None,
                  granularity: str = CHANNEL, calibration_data=None, min_channels: int = 1,
-                 min_density: float = 0.0, verbose: int = 1, seed: int = 0):
+                 min_density: float = 0.0, verbose: int = 1, seed: int = 0,
+                 merge_rule: Optional[str] = None):
         super().__init__()
         if granularity not in GRANULARITIES:
             raise InvalidPruningArgumentError(
@@ -216,6 +267,16 @@ class PruningCallback(keras.callbacks.Callback):
                 "schedule must be a tfprune.PolynomialDecay, ConstantSparsity or OneShot (or a "
                 f"tfprune.keras.schedules.PruningSchedule); received {schedule!r}")
         check_calibration_data(calibration_data)
+        if merge_rule is not None:
+            check_rule(merge_rule)
+            if granularity != CHANNEL:
+                raise InvalidPruningArgumentError(
+                    f"merge_rule={merge_rule!r} folds channels; granularity={granularity!r} "
+                    "takes merge_rule=None (tfprune.CampHiVe folds single weights)")
+            if calibration_data is None:
+                raise MissingCalibrationDataError(
+                    f"merge_rule={merge_rule!r} fits the fold on the consumers' inputs: pass "
+                    "calibration_data=(x, y) or a tf.data.Dataset of (x, y) batches")
         if self.criterion.requires_calibration_data and calibration_data is None:
             raise MissingCalibrationDataError(
                 f"{self.criterion!r} needs calibration data: pass calibration_data=(x, y) or a "
@@ -231,6 +292,8 @@ class PruningCallback(keras.callbacks.Callback):
         self.min_density = _fraction("min_density", min_density, 0.0, 1.0)
         self.verbose = _integer("verbose", verbose, 0)
         self.seed = _integer("seed", seed, 0)
+        self.merge_rule = merge_rule
+        self._fold: Optional[FoldRecord] = None
         self.events: List[PruningEvent] = []
         self._masks = None
 
@@ -413,11 +476,13 @@ class PruningCallback(keras.callbacks.Callback):
             warnings.warn(f"pruning event at step {step} skipped, masks unchanged: {e}",
                           stacklevel=2)
             return self._record(step, keep, skipped=str(e))
+        context.cache[SCORES] = scores
         removed = self.allocate(context, scores, keep)
+        self._fold = None
         self.after_selection(context, removed)
         self._removed = removed
         self._set_masks(removed)
-        return self._record(step, keep)
+        return self._record(step, keep, fold=self._fold)
 
     def score(self, context) -> List[np.ndarray]:
         """One score array per unit pool: per prunable group (channels) or kernel (weights)."""
@@ -438,11 +503,38 @@ class PruningCallback(keras.callbacks.Callback):
     def after_selection(self, context, removed: Dict) -> None:
         """Hook: runs after the allocation, before the masks change (e.g. to merge units).
 
+        The engine folds the removed channels into kept ones when `merge_rule` is set; a
+        method that overrides it and folds channels itself calls `_fold_channels` and keeps
+        its `FoldRecord` in `self._fold`, which the event's `PruningEvent.fold` gets.
+
         Args:
             context: the event's `ScoringContext` (`context.removed` holds the units removed
-                before the event).
+                before the event; `context.cache[SCORES]` the event's scores).
             removed: the units removed after it, as returned by `allocate`.
         """
+        if self.merge_rule is not None and self.granularity == CHANNEL:
+            self._fold = self._fold_channels(context, removed, self.merge_rule)
+
+    def _fold_channels(self, context, removed: Dict, rule: str) -> FoldRecord:
+        """Folds the channels this event removes into kept ones of their groups, by `rule`.
+
+        Partners (`"least_squares"`, `"half"`) pair the least salient removed channel with
+        the most salient kept one, cycling (`tfprune.merging.cyclic_partners`); with
+        `"regression"` they only say which channels to fold. Edits the consumers' kernels and
+        biases of the model in place, before the masks zero the removed channels.
+        """
+        partners = {}
+        for group, s in zip(self.groups, context.cache[SCORES]):
+            new = removed[group.id] & ~context.removed[group.id]
+            if new.any():
+                partners[group.id] = cyclic_partners(
+                    s, new, ~removed[group.id], rule=HALF if rule == HALF else LEAST_SQUARES)
+        paths, skipped = consumers_to_fold(context.model, self.groups, partners)
+        report = merge_channels(context.model, self.groups, partners,
+                                context.activations(paths) if paths else {}, rule, removed)
+        skipped.update(report.skipped)
+        return FoldRecord(report.channels, _sum(f.error_removal for f in report.folds),
+                          _sum(f.error_merged for f in report.folds), skipped)
 
     # --- budgets -----------------------------------------------------------------------
 
@@ -538,9 +630,9 @@ class PruningCallback(keras.callbacks.Callback):
         return {"flops_kept": 1.0, "params_kept": 1.0 - removed / self._dense_params,
                 "sparsity": removed / total}
 
-    def _record(self, step, keep, skipped=None) -> PruningEvent:
+    def _record(self, step, keep, skipped=None, fold=None) -> PruningEvent:
         event = PruningEvent(step, dict(keep), self.achieved(),
-                             {k: int(v.sum()) for k, v in self._removed.items()}, skipped)
+                             {k: int(v.sum()) for k, v in self._removed.items()}, skipped, fold)
         self.events.append(event)
         if self.verbose and not skipped:
             wanted = ", ".join(f"{r}<={k:.3f}" if r != "sparsity" else f"sparsity>={1 - k:.3f}"
@@ -549,6 +641,8 @@ class PruningCallback(keras.callbacks.Callback):
             # Start a new line when a progress bar is being drawn on the current one.
             lead = "\n" if (self.params or {}).get("verbose") == 1 else ""
             print(f"{lead}tfprune: step {step}: {got} (target {wanted})")
+            if fold is not None:
+                print(f"tfprune: step {step}: {fold.describe()}")
         return event
 
     def summary_histograms(self) -> Dict[str, np.ndarray]:
@@ -580,4 +674,5 @@ class PruningCallback(keras.callbacks.Callback):
             "min_density": self.min_density,
             "verbose": self.verbose,
             "seed": self.seed,
+            "merge_rule": self.merge_rule,
         }

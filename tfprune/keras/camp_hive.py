@@ -13,15 +13,11 @@ from tfprune.allocation.adaptive import AdaptiveThresholds
 from tfprune.criteria.base import CHANNEL
 from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency
 from tfprune.graph.paths import SEP, iter_layers
-from tfprune.keras.callback import PruningCallback
+from tfprune.keras.callback import SCORES, FoldRecord, PruningCallback, _sum
 from tfprune.keras.targets import Target
-from tfprune.merging import (consumers_to_fold, cyclic_partners, merge_channels, merge_weights,
-                             unsupported_reason)
-from tfprune.merging.pairing import HALF, LEAST_SQUARES, REGRESSION, check_rule
+from tfprune.merging import merge_weights, unsupported_reason
+from tfprune.merging.pairing import REGRESSION, check_rule
 from tfprune.errors import InvalidPruningArgumentError
-
-_SCORES = "camp_hive/scores"
-
 
 @dataclasses.dataclass
 class CampHiVeRecord:
@@ -56,11 +52,6 @@ class CampHiVeRecord:
     error_merged: Optional[float] = None
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
     seconds: Dict[str, float] = dataclasses.field(default_factory=dict)
-
-
-def _sum(values):
-    values = [v for v in values if v is not None]
-    return float(sum(values)) if values else None
 
 
 class CampHiVe(PruningCallback):
@@ -176,7 +167,7 @@ class CampHiVe(PruningCallback):
             raise InvalidPruningArgumentError(
                 f"diagonal='gates' scores channels; granularity={granularity!r} needs "
                 "diagonal='hutchinson', 'lowrank' or 'both'")
-        self.merge_rule = check_rule(merge_rule)
+        rule = check_rule(merge_rule)
         if merge_rule == REGRESSION and granularity != CHANNEL:
             raise InvalidPruningArgumentError(
                 "merge_rule='regression' folds channels; granularity="
@@ -192,6 +183,7 @@ class CampHiVe(PruningCallback):
                          min_channels=min_channels, min_density=min_density, verbose=verbose,
                          seed=seed)
         self.merge = merge
+        self.merge_rule = rule  # CAMP-HiVe's own fold (channels and weights), not the engine's
         self.beta = thresholds.beta
         self.per_unit_cost = per_unit_cost
         self.normalize = thresholds.normalize
@@ -234,11 +226,6 @@ class CampHiVe(PruningCallback):
             self.records.append(self._event)
         return event
 
-    def score(self, context) -> List[np.ndarray]:
-        scores = super().score(context)
-        context.cache[_SCORES] = scores
-        return scores
-
     def allocate(self, context, scores, keep) -> Dict:
         estimate = context.cache[CACHE_KEY]
         keys = self._pool_keys()
@@ -260,43 +247,17 @@ class CampHiVe(PruningCallback):
         if not self.merge:
             return
         start = time.perf_counter()
-        scores = context.cache[_SCORES]
         if self.granularity == CHANNEL:
-            self._fold_channels(context, removed, scores)
+            fold = self._fold_channels(context, removed, self.merge_rule)
         else:
-            self._fold_weights(context, removed, scores)
+            fold = self._fold_weights(context, removed, context.cache[SCORES])
         record = self._event
+        record.folded, record.skipped = fold.folded, fold.skipped
+        record.error_removal, record.error_merged = fold.error_removal, fold.error_merged
         record.seconds["merge"] = time.perf_counter() - start
-        if self.verbose:
-            saved = ""
-            if record.error_removal:
-                change = record.error_merged / record.error_removal - 1.0
-                saved = f", consumer output error {change:+.0%} vs plain removal"
-            skipped = f"; not folded into {len(record.skipped)} layer(s) (see records)" \
-                if record.skipped else ""
-            print(f"tfprune: CAMP-HiVe: folded {record.folded} removed unit(s) into partners"
-                  f"{saved}{skipped} ({record.seconds['merge']:.1f} s)", flush=True)
+        self._fold = fold
 
-    def _fold_channels(self, context, removed, scores):
-        partners = {}
-        for group, s in zip(self.groups, scores):
-            new = removed[group.id] & ~context.removed[group.id]
-            if new.any():
-                partners[group.id] = cyclic_partners(
-                    s, new, ~removed[group.id],
-                    rule=HALF if self.merge_rule == HALF else LEAST_SQUARES)
-        paths, skipped = consumers_to_fold(context.model, self.groups, partners)
-        report = merge_channels(context.model, self.groups, partners,
-                                context.activations(paths) if paths else {},
-                                self.merge_rule, removed)
-        skipped.update(report.skipped)
-        record = self._event
-        record.folded = report.channels
-        record.error_removal = _sum(f.error_removal for f in report.folds)
-        record.error_merged = _sum(f.error_merged for f in report.folds)
-        record.skipped = skipped
-
-    def _fold_weights(self, context, removed, scores):
+    def _fold_weights(self, context, removed, scores) -> FoldRecord:
         owner = _owners(context.model)
         kernels = self._kernels()
         work, skipped = [], {}
@@ -314,11 +275,8 @@ class CampHiVe(PruningCallback):
         inputs = context.activations(list(dict.fromkeys(w[0] for w in work))) if work else {}
         folds = [merge_weights(layer, new, kept, s, inputs[path], self.merge_rule)
                  for path, layer, new, kept, s in work]
-        record = self._event
-        record.folded = sum(f.weights for f in folds)
-        record.error_removal = _sum(f.error_removal for f in folds)
-        record.error_merged = _sum(f.error_merged for f in folds)
-        record.skipped = skipped
+        return FoldRecord(sum(f.weights for f in folds), _sum(f.error_removal for f in folds),
+                          _sum(f.error_merged for f in folds), skipped)
 
     # --- reporting -----------------------------------------------------------------------
 
