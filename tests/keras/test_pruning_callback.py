@@ -314,7 +314,7 @@ def test_merge_rule_folds_the_removed_channels_of_any_criterion(tiny_cnn, data, 
                                                      smalls[None].get_weights()))
 
 
-def test_merge_rule_by_name_and_in_sosph(tiny_cnn, data):
+def test_merge_rule_by_name_and_in_sosph_and_rdprune(tiny_cnn, data):
     model = tiny_cnn()
     loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     small = tfprune.prune(model, "l1", tfprune.Target(flops=0.5), data,
@@ -324,6 +324,11 @@ def test_merge_rule_by_name_and_in_sosph(tiny_cnn, data):
                          merge_rule="regression", verbose=0)
     tfprune.prune(model, sosp)
     assert sosp.events[-1].fold.folded > 0 and sosp.get_config()["merge_rule"] == "regression"
+    rd = tfprune.RDPrune(tfprune.Target(flops=0.5), data, grid=4, merge_rule="least_squares",
+                         verbose=0)
+    tfprune.prune(model, rd)
+    fold = rd.events[-1].fold
+    assert fold.folded > 0 and fold.error_merged <= fold.error_removal
 
 
 # --- bad input -------------------------------------------------------------------------

@@ -23,7 +23,8 @@ class MagnitudePruning(PruningCallback):
         criterion: `"l1"`, `"l2"`, `"bn_scale"`, `"taylor"` or `"random"`.
         granularity: `"channel"` or `"weight"`.
         **kwargs: the other arguments of `PruningCallback` (`allocation`,
-            `calibration_data`, `min_channels`, `min_density`, `verbose`, `seed`).
+            `calibration_data`, `min_channels`, `min_density`, `verbose`, `seed`,
+            `merge_rule`: fold the removed channels into the kept ones).
 
     Example:
 

@@ -184,7 +184,8 @@ class RDPrune(PruningCallback):
         levels: the most levels per unit after interpolation (finer levels make the dynamic
             program slower; the final put-back step works at single units anyway).
         batch_size: samples per forward pass for `(x, y)` arrays.
-        **kwargs: `min_channels`, `verbose`, `seed` of `tfprune.PruningCallback`.
+        **kwargs: `min_channels`, `verbose`, `seed` of `tfprune.PruningCallback`, and its
+            `merge_rule` (channels: fold the removed ones into the kept ones).
 
     Example:
 

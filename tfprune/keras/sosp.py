@@ -137,7 +137,9 @@ class SOSPH(PruningCallback):
         bottleneck_ratio: the report flags layers pruned less than this times the mean
             pruned fraction, in `(0, 1]`.
         batch_size: samples per batch of the curvature product for `(x, y)` arrays.
-        **kwargs: `min_channels`, `min_density`, `verbose`, `seed` of `PruningCallback`.
+        **kwargs: `min_channels`, `min_density`, `verbose`, `seed` of `PruningCallback`, and
+            its `merge_rule` (fold the removed channels into the kept ones, e.g.
+            `"regression"`).
 
     Example:
 
