@@ -6,7 +6,8 @@
 2. `--epochs` of fine-tuning at batch 16 with random horizontal flips, the recipe that did
    best in `docs/BENCHMARKS.md` (runs N and P): the first epoch is `fit` with a
    `tfprune.CampHiVe` callback (channel-gate curvature on 1,024 training images, channels
-   ranked per FLOP saved, every group keeping 3/8 of its channels) that prunes to `--flops`
+   ranked per FLOP saved, every group keeping 3/8 of its channels, each removed channel folded
+   into the kept ones of its group: `merge_rule="regression"`) that prunes to `--flops`
    of the FLOPs before the first step; then `tfprune.strip` and the remaining epochs on the
    physically smaller model, the learning rate rewound to the 4e-3 peak of a cosine decay;
    then `tfprune.recalibrate_batchnorm` on 10,000 clean training images;
@@ -133,11 +134,12 @@ def main(argv=None):
 
     rng = np.random.default_rng(args.seed)
     calibration = rng.choice(len(x), size=min(args.calibration_samples, len(x)), replace=False)
-    # Pruned once, before the first step, with the channel-gate curvature and the merge.
+    # Pruned once, before the first step, with the channel-gate curvature; each removed
+    # channel folded into every kept channel of its group (the regression fold).
     pruning = tfprune.CampHiVe(tfprune.Target(flops=args.flops), tfprune.OneShot(0),
                                calibration_data=(x[calibration], y[calibration]),
                                diagonal="gates", per_unit_cost=True, min_density=0.375,
-                               verbose=1, seed=args.seed)
+                               merge_rule="regression", verbose=1, seed=args.seed)
     steps = math.ceil(len(x) / FINE_TUNE_BATCH)
     keras.utils.set_random_seed(args.seed)
     # A fresh optimizer, its learning rate a cosine decay from the peak to 0 over the epochs.

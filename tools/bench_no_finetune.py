@@ -50,14 +50,16 @@ DEFAULT_CONFIGS = ("l1_uniform", "l1_normalized", "l1", "random", "taylor", "cam
 def parse_config(text: str, target: float, seed: int, calibration=None) -> bq.RunSpec:
     """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`.
 
-    `calibration` applies to the methods that take calibration images (ignored otherwise);
-    a `min_density=F` option becomes the run's floor, as `bench_quality --min-density`.
+    `calibration` applies to the methods that take calibration images (ignored otherwise; the
+    L1 methods take them with a `merge_rule`); a `min_density=F` option becomes the run's floor, as `bench_quality --min-density`.
     """
     method, _, options = text.strip().partition(":")
     if method not in bq.CHANNEL_METHODS:
         raise InvalidPruningArgumentError(
             f"configuration {text!r}: the method must be one of {', '.join(bq.CHANNEL_METHODS)}")
-    images = calibration if method in bq.CALIBRATION_IMAGES else None
+    # The L1 methods take calibration images only to fold (`merge_rule=...`).
+    takes = bq.CALIBRATION_IMAGES.get(method, 0) or "merge_rule" in options
+    images = calibration if method in bq.CALIBRATION_IMAGES and takes else None
     pairs = [p for p in options.split(",") if p.strip()]
     floors = [p for p in pairs if p.partition("=")[0].strip() == "min_density"]
     try:

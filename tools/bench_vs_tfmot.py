@@ -11,8 +11,9 @@ from 4e-3 to 0, random flips; `--prune-epochs`, `--batch-size`, `--lr`, `--augme
   (`tools/tfmot_baseline.py`, run in `.venv-tfmot` as its own process: tfmot needs legacy
   Keras). Its stripped weights are loaded into `tfprune.zoo.resnet8()`.
 - **tfprune**: the stripped models of the quality benchmark (`tools/bench_quality.py`, by
-  default CampHiVe and SOSPH at 50% and 25% of the FLOPs, seed 0, from
-  `cache/quality/quality_runN*/` and `quality_runO/`), or any `--tfprune LABEL=PATH`.
+  default CampHiVe (run Q's: gates, per unit cost, `min_density=0.375`, the regression fold)
+  and SOSPH at 50% and 25% of the FLOPs, seed 0, from `cache/quality/quality_runQ/`,
+  `quality_runN50/` and `quality_runO/`), or any `--tfprune LABEL=PATH`.
 
 Every row, the dense one included, then goes through the same deployment path in this one
 process: `bench_common.deployment_figures` (`tfprune.export.convert`: full int8, batch 1,
@@ -55,13 +56,14 @@ import bench_common as bc
 
 TFMOT_PYTHON = bc.ROOT / ".venv-tfmot" / "bin" / "python"
 _RECIPE = "rewind_b16_lr0.004_augflip_s0.keras"
+_REGRESSION = "diagonalgates_merge_ruleregression_per_unit_costTrue_cal1024"
 DEFAULT_TFPRUNE = (
     ("tfprune CampHiVe 50% FLOPs",
-     f"quality/quality_runN50/camp_hive_channel_flops0.5_e10_p0_diagonalgates_cal1024_{_RECIPE}"),
+     f"quality/quality_runQ/camp_hive_channel_flops0.5_md0.375_e10_p0_{_REGRESSION}_{_RECIPE}"),
     ("tfprune SOSPH 50% FLOPs",
      f"quality/quality_runN50/sosp_h_channel_flops0.5_e10_p0_{_RECIPE}"),
     ("tfprune CampHiVe 25% FLOPs",
-     f"quality/quality_runN/camp_hive_channel_flops0.25_e10_p0_diagonalgates_cal1024_{_RECIPE}"),
+     f"quality/quality_runQ/camp_hive_channel_flops0.25_md0.375_e10_p0_{_REGRESSION}_{_RECIPE}"),
     ("tfprune SOSPH per FLOP 25% FLOPs",
      f"quality/quality_runO/sosp_h_channel_flops0.25_md0.25_e10_p0_per_flopTrue_{_RECIPE}"),
 )

@@ -21,6 +21,8 @@ def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
     assert spec.keyword_arguments() == {"diagonal": "gates", "merge": False}
     assert spec.calibration_images == 256
     assert bn.parse_config("l1_uniform", 0.25, 0, calibration=256).calibration_images == 0
+    folded = bn.parse_config("l1_uniform:merge_rule=regression", 0.25, 0, calibration=256)
+    assert folded.calibration_images == 256 and folded.options == "merge_rule=regression"
     floored = bn.parse_config("camp_hive:min_density=0.375,merge_rule=regression", 0.25, 0)
     assert floored.min_density == 0.375
     assert floored.keyword_arguments() == {"merge_rule": "regression"}
@@ -31,7 +33,7 @@ def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
         with pytest.raises(InvalidPruningArgumentError, match="must be one of"):
             bn.parse_config(bad, 0.25, 0)
     with pytest.raises(InvalidPruningArgumentError, match="only camp_hive"):
-        bn.parse_config("l1:merge=False", 0.25, 0)
+        bn.parse_config("random:merge=False", 0.25, 0)
 
 
 @pytest.mark.parametrize("config", ["l1_uniform", "camp_hive:merge=False"])
