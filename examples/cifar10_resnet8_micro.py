@@ -4,7 +4,7 @@
    or loaded from a trained `.keras` file (`--model`, e.g. `cache/resnet8_dense_seed0.keras`
    from `make bench-dense`);
 2. `--epochs` of fine-tuning at batch 16 with random horizontal flips, the recipe that did
-   best in `docs/BENCHMARKS.md` (runs N and P): the first epoch is `fit` with a
+   best in `docs/BENCHMARKS.md` (runs N, P and Q): the first epoch is `fit` with a
    `tfprune.CampHiVe` callback (channel-gate curvature on 1,024 training images, channels
    ranked per FLOP saved, every group keeping 3/8 of its channels, each removed channel folded
    into the kept ones of its group: `merge_rule="regression"`) that prunes to `--flops`
@@ -19,8 +19,8 @@
 Data: `--data-dir` holds `cifar10/{train,test}/<class>/*.jpg` and `cifar10-lossless-200/`
 (default: `$TFPRUNE_DATA_DIR` or `../shared/data`).
 
-Runtime from a trained `--model` with the default 10 epochs: 566 s wall pinned to one core of
-a 2-core machine (76.92% float top-1 at 0.250 of the FLOPs from an 80.68% dense model;
+Runtime from a trained `--model` with the default 10 epochs: 502 s of CPU on one core of a
+2-core machine (77.24% float top-1 at 0.250 of the FLOPs from an 80.68% dense model;
 `docs/examples.md`); training the dense model here adds `--dense-epochs` epochs (batch 32). The
 tiny setting `--dense-epochs 1 --epochs 2 --limit-per-class 10 --calibration-samples 32
 --no-baseline --latency-runs 2` takes about a minute.

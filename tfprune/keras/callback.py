@@ -11,9 +11,9 @@ callback:
    with the units removed before kept removed (masks are monotone) and each group/kernel
    keeping its minimum (`allocate(context, scores, keep)`);
 4. calls `after_selection(context, removed)`, where a method may edit weights before the
-   masks apply: with `merge_rule` set (channel granularity), the engine's own folds each
-   newly removed channel into the kept ones (`tfprune.merging`) so that its consumers'
-   outputs change as little as possible;
+   masks apply: with `merge_rule` set (channel granularity), the engine folds each newly
+   removed channel into the kept ones (`tfprune.merging`) so that its consumers' outputs
+   change as little as possible;
 5. sets the masks and zeroes the masked weights and optimizer slots.
 
 Between events the masks are enforced after every optimizer step (see `tfprune.keras.masks`).
@@ -25,8 +25,9 @@ Subclasses (the methods) may also use the engine's state: `groups` and `cost_mod
 granularity), `_removed` (`{group id or variable name: bool array}` of removed units), `_masks`
 (the `MaskSet`: `names`, `variables`, `value(name)`), `_problem(scores, keep)` (the allocation
 problem of an event), `_counts(unit_counts)` (a per-pool count vector as the cost model's
-channel counts; `_cost_index` and `_granules` map pools to cost-model groups) and
-`_record(step, keep, skipped=None)` (append a `PruningEvent`).
+channel counts; `_cost_index` and `_granules` map pools to cost-model groups),
+`_fold_channels(context, removed, rule)` (the engine's channel fold, returning a `FoldRecord`)
+and `_record(step, keep, skipped=None, fold=None)` (append a `PruningEvent`).
 
 The callback keeps no state of its own that a resumed run would need: the step is the
 optimizer's `iterations`, the masks are the zeros in the model (or the masks saved in its
