@@ -51,7 +51,8 @@ def parse_config(text: str, target: float, seed: int, calibration=None) -> bq.Ru
     """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`.
 
     `calibration` applies to the methods that take calibration images (ignored otherwise; the
-    L1 methods take them with a `merge_rule`); a `min_density=F` option becomes the run's floor, as `bench_quality --min-density`.
+    L1 methods take them with a `merge_rule`); a `min_density=F` option becomes the run's
+    floor, as `bench_quality --min-density`.
     """
     method, _, options = text.strip().partition(":")
     if method not in bq.CHANNEL_METHODS:

@@ -99,6 +99,13 @@ class FoldRecord:
     error_merged: Optional[float] = None
     skipped: Dict[str, str] = dataclasses.field(default_factory=dict)
 
+    @classmethod
+    def of(cls, folded: int, folds, skipped: Dict[str, str]) -> "FoldRecord":
+        """The record of `folds` (reports with `error_removal` / `error_merged`, None where
+        not measured): their errors summed."""
+        return cls(folded, _sum(f.error_removal for f in folds),
+                   _sum(f.error_merged for f in folds), skipped)
+
     def describe(self) -> str:
         """One line: what was folded and how the consumers' error compares with removal."""
         saved = ""
@@ -534,8 +541,7 @@ class PruningCallback(keras.callbacks.Callback):
         report = merge_channels(context.model, self.groups, partners,
                                 context.activations(paths) if paths else {}, rule, removed)
         skipped.update(report.skipped)
-        return FoldRecord(report.channels, _sum(f.error_removal for f in report.folds),
-                          _sum(f.error_merged for f in report.folds), skipped)
+        return FoldRecord.of(report.channels, report.folds, skipped)
 
     # --- budgets -----------------------------------------------------------------------
 

@@ -13,11 +13,12 @@ from tfprune.allocation.adaptive import AdaptiveThresholds
 from tfprune.criteria.base import CHANNEL
 from tfprune.criteria.camp_hive import CACHE_KEY, CampHiVeSaliency
 from tfprune.graph.paths import SEP, iter_layers
-from tfprune.keras.callback import SCORES, FoldRecord, PruningCallback, _sum
+from tfprune.keras.callback import SCORES, FoldRecord, PruningCallback
 from tfprune.keras.targets import Target
 from tfprune.merging import merge_weights, unsupported_reason
 from tfprune.merging.pairing import REGRESSION, check_rule
 from tfprune.errors import InvalidPruningArgumentError
+
 
 @dataclasses.dataclass
 class CampHiVeRecord:
@@ -275,8 +276,7 @@ class CampHiVe(PruningCallback):
         inputs = context.activations(list(dict.fromkeys(w[0] for w in work))) if work else {}
         folds = [merge_weights(layer, new, kept, s, inputs[path], self.merge_rule)
                  for path, layer, new, kept, s in work]
-        return FoldRecord(sum(f.weights for f in folds), _sum(f.error_removal for f in folds),
-                          _sum(f.error_merged for f in folds), skipped)
+        return FoldRecord.of(sum(f.weights for f in folds), folds, skipped)
 
     # --- reporting -----------------------------------------------------------------------
 
