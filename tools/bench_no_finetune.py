@@ -17,7 +17,13 @@ methods that take them (their bench_quality defaults otherwise).
 ```shell
 .venv/bin/python tools/bench_no_finetune.py --flops 0.25 0.5 --json cache/results/no_ft.json
 .venv/bin/python tools/bench_no_finetune.py --configs "l1_uniform;camp_hive:diagonal=gates"
+.venv/bin/python tools/bench_no_finetune.py --sparsity 0.5 0.7 0.9 \
+    --configs "magnitude;rd_prune;rd_prune:distortion=mean"
 ```
+
+`--sparsity` measures weight granularity instead (bench_quality's weight methods: `rd_prune`
+and `magnitude`, the global magnitude ranking): single weights zeroed, so the rows say how
+well each allocation of the layers' sparsities keeps the network's function.
 """
 
 from __future__ import annotations
@@ -28,9 +34,11 @@ import json
 import pathlib
 import sys
 import time
-from typing import List, Sequence
+import warnings
+from typing import Dict, List, Sequence
 
 import keras
+import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -47,17 +55,21 @@ DEFAULT_CONFIGS = ("l1_uniform", "l1_normalized", "l1", "random", "taylor", "cam
                    "gates_uniform", "sosp_h", "rd_prune")
 
 
-def parse_config(text: str, target: float, seed: int, calibration=None) -> bq.RunSpec:
-    """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`.
+def parse_config(text: str, target: float, seed: int, calibration=None,
+                 granularity: str = "channel") -> bq.RunSpec:
+    """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`
+    (a FLOPs fraction kept at channel granularity, a sparsity at `granularity="weight"`).
 
     `calibration` applies to the methods that take calibration images (ignored otherwise; the
     L1 methods take them with a `merge_rule`); a `min_density=F` option becomes the run's
     floor, as `bench_quality --min-density`.
     """
     method, _, options = text.strip().partition(":")
-    if method not in bq.CHANNEL_METHODS:
+    accepted = bq.WEIGHT_METHODS if granularity == "weight" else bq.CHANNEL_METHODS
+    if method not in accepted:
         raise InvalidPruningArgumentError(
-            f"configuration {text!r}: the method must be one of {', '.join(bq.CHANNEL_METHODS)}")
+            f"configuration {text!r}: at {granularity} granularity the method must be one of "
+            f"{', '.join(accepted)}")
     # The L1 methods take calibration images only to fold (`merge_rule=...`).
     takes = bq.CALIBRATION_IMAGES.get(method, 0) or "merge_rule" in options
     images = calibration if method in bq.CALIBRATION_IMAGES and takes else None
@@ -69,7 +81,7 @@ def parse_config(text: str, target: float, seed: int, calibration=None) -> bq.Ru
         raise InvalidPruningArgumentError(
             f"configuration {text!r}: min_density must be a number in [0, 1)") from None
     options = ",".join(p for p in pairs if p not in floors)
-    return bq.RunSpec(method, "channel", target, epochs=1, seed=seed, prune_epochs=0,
+    return bq.RunSpec(method, granularity, target, epochs=1, seed=seed, prune_epochs=0,
                       options=options, calibration=images, min_density=floor)
 
 
@@ -86,17 +98,24 @@ def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_I
                                      max(1024, spec.calibration_images))
     callback = bq.make_pruning(spec, steps, calibration)
     start = time.perf_counter()
-    small = tfprune.prune(dense, callback)
+    with warnings.catch_warnings():  # strip's warning that zeroed weights stay in the model
+        if spec.granularity == "weight":
+            warnings.filterwarnings("ignore", "strip: .* are zero but stay in the model")
+        small = tfprune.prune(dense, callback)
     seconds = time.perf_counter() - start
+    achieved = callback.achieved()
     as_pruned = bc.evaluate(small, x_test, y_test)
     # Labelled as bench_quality labels the method, its options and calibration images.
     named = {**dataclasses.asdict(spec), "prune_epochs": bq.PRUNE_EPOCHS, "run": spec.name}
     row = {"config": bq.label(named), "method": spec.method,
            "options": spec.options, "calibration_images": spec.calibration_images,
-           "target": spec.target, "seed": spec.seed,
+           "granularity": spec.granularity, "target": spec.target, "seed": spec.seed,
+           "sparsity": round(achieved["sparsity"], 4),
            "flops_fraction": round(tfprune.profile(small).macs / tfprune.profile(dense).macs, 4),
            "kept_channels": bq.kept_channels(small), "top1_as_pruned": round(as_pruned, 2),
            "prune_wall_s": round(seconds, 1)}
+    if spec.granularity == "weight":
+        row["density"] = kernel_density(small)
     if recalibrate:
         tfprune.recalibrate_batchnorm(small, bq.recalibration_images(x_train, spec.seed,
                                                                      recalibrate),
@@ -105,14 +124,30 @@ def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_I
     return row
 
 
+def kernel_density(model) -> Dict[str, float]:
+    """The fraction of nonzero weights in each layer's kernel (weight granularity's
+    allocation), keyed by layer name."""
+    out = {}
+    for layer in model.layers:
+        kernel = getattr(layer, "kernel", None)
+        if kernel is None:
+            kernel = getattr(layer, "depthwise_kernel", None)
+        if kernel is not None:
+            values = keras.ops.convert_to_numpy(kernel)
+            out[layer.name] = round(float(np.count_nonzero(values)) / values.size, 4)
+    return out
+
+
 def table(rows: Sequence[dict]) -> str:
     """Markdown table of `rows`, one line per configuration and target."""
-    lines = ["| configuration | FLOPs target | FLOPs kept | seed | top-1 as pruned | "
+    lines = ["| configuration | target | FLOPs kept | sparsity | seed | top-1 as pruned | "
              "top-1, BN re-estimated | channels kept per group | pruning wall s |",
-             "|---|---:|---:|---:|---:|---:|---|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         kept = ", ".join(str(v) for v in r["kept_channels"].values())
-        lines.append(f"| {r['config']} | {r['target']:g} | {r['flops_fraction']:.3f} | "
+        what = "sparsity" if r.get("granularity") == "weight" else "FLOPs"
+        lines.append(f"| {r['config']} | {what} {r['target']:g} | {r['flops_fraction']:.3f} | "
+                     f"{r.get('sparsity', float('nan')):.3f} | "
                      f"{r['seed']} | {r['top1_as_pruned']:.2f} | "
                      f"{r.get('top1', float('nan')):.2f} | {kept} | {r['prune_wall_s']:.1f} |")
     return "\n".join(lines)
@@ -123,6 +158,9 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--configs", default=";".join(DEFAULT_CONFIGS),
                         help="semicolon-separated method[:k=v,...] (default: %(default)s)")
     parser.add_argument("--flops", type=float, nargs="+", default=[0.25, 0.5])
+    parser.add_argument("--sparsity", type=float, nargs="+", default=None,
+                        help="weight granularity at these sparsities instead of --flops "
+                             f"(methods: {', '.join(bq.WEIGHT_METHODS)})")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration", type=int, default=None, metavar="IMAGES",
                         help="calibration images of the methods that take them")
@@ -130,8 +168,12 @@ def main(argv=None) -> List[dict]:
                         help="clean training images of the BatchNorm re-estimation (0: none)")
     parser.add_argument("--json", default=None, help="write the rows to this file (atomic)")
     args = parser.parse_args(argv)
-    specs = [parse_config(c, t, args.seed, args.calibration)
-             for t in args.flops for c in args.configs.split(";") if c.strip()]
+    granularity = "weight" if args.sparsity else "channel"
+    configs = args.configs
+    if args.sparsity and configs == parser.get_default("configs"):
+        configs = ";".join(bq.WEIGHT_METHODS)
+    specs = [parse_config(c, t, args.seed, args.calibration, granularity)
+             for t in (args.sparsity or args.flops) for c in configs.split(";") if c.strip()]
     data = bc.load_cifar10(args.data_dir)
     dense = keras.models.load_model(bc.dense_resnet8_path())
     dense_top1 = round(bc.evaluate(dense, data[1][0], data[1][1]), 2)
@@ -139,8 +181,9 @@ def main(argv=None) -> List[dict]:
     rows = []
     for spec in specs:
         rows.append(measure(spec, dense, data, args.recalibrate))
-        print(json.dumps({k: rows[-1].get(k) for k in ("config", "target", "flops_fraction",
-                                                       "top1_as_pruned", "top1")}), flush=True)
+        print(json.dumps({k: rows[-1].get(k) for k in (
+            "config", "target", "flops_fraction", "sparsity", "top1_as_pruned", "top1")}),
+            flush=True)
         if args.json:
             bc.write_json(args.json, {"dense_top1": dense_top1, "machine": bc.machine_info(),
                                       "rows": rows})

@@ -403,14 +403,13 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     options = spec.keyword_arguments()
     if spec.method == "rd_prune" and options.get("criterion") in RD_CRITERIA:
         options["criterion"] = RD_CRITERIA[options["criterion"]]()
-    if spec.granularity == "weight":
+    if spec.granularity == "weight":  # magnitude, or RDPrune below
         target = tfprune.Target(sparsity=spec.target)
         if spec.method == "magnitude":
             return tfprune.MagnitudePruning(target, gradual, "l1", allocation="global",
                                             verbose=0, **common)
-        return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common,
-                               **options)
-    target = tfprune.Target(flops=spec.target)
+    else:
+        target = tfprune.Target(flops=spec.target)
     if spec.method in L1_METHODS:
         allocation = {"l1": "global", "l1_uniform": "uniform", "l1_normalized": "normalized",
                       "l1_per_flop": tfprune.allocation.GlobalRanking(
@@ -433,11 +432,12 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "sosp_h":
         return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
                              seed=spec.seed, min_density=spec.min_density, **options)
-    return tfprune.RDPrune(target, cal, verbose=1, **_rounds(events, half), **common, **options)
+    return tfprune.RDPrune(target, cal, verbose=1, **common, **{**_rounds(events, half), **options})
 
 
 def _rounds(events: int, steps: int) -> dict:
-    """RDPrune's arguments for `events` rounds `steps` apart (one round for none)."""
+    """RDPrune's arguments for `events` rounds `steps` apart (one round for none); a run's
+    `rounds=` option overrides the count."""
     return {"rounds": max(1, events), "round_steps": steps}
 
 

@@ -60,3 +60,40 @@ def test_measure_prunes_a_copy_once_and_evaluates_it_before_and_after_bn(config)
     assert "pruned once" not in row["config"]
     lines = bn.table([row]).splitlines()
     assert len(lines) == 3 and row["config"] in lines[2]
+
+
+def test_weight_granularity_takes_the_weight_methods_and_a_sparsity():
+    spec = bn.parse_config("rd_prune:distortion=mean", 0.7, 0, calibration=64,
+                           granularity="weight")
+    assert (spec.granularity, spec.target, spec.calibration_images) == ("weight", 0.7, 64)
+    assert spec.keyword_arguments() == {"distortion": "mean"}
+    assert bn.parse_config("magnitude", 0.9, 0, granularity="weight").method == "magnitude"
+    with pytest.raises(InvalidPruningArgumentError, match="rd_prune, magnitude"):
+        bn.parse_config("l1_uniform", 0.9, 0, granularity="weight")
+    with pytest.raises(InvalidPruningArgumentError, match="must be one of"):
+        bn.parse_config("magnitude", 0.25, 0)
+
+
+@pytest.mark.parametrize("config", ["magnitude", "rd_prune:grid=4",
+                                    "rd_prune:grid=4,rounds=3"])
+def test_weight_rows_reach_the_sparsity_and_keep_every_channel(config):
+    keras.utils.set_random_seed(0)
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
+    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    dense.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 128)
+    spec = bn.parse_config(config, 0.6, 0, calibration=64, granularity="weight")
+    row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=0)
+    assert row["granularity"] == "weight" and abs(row["sparsity"] - 0.6) < 0.01
+    assert row["flops_fraction"] == 1.0
+    assert row["kept_channels"] == bn.bq.kept_channels(dense)
+    kernels = [l for l in dense.layers if hasattr(l, "kernel")]
+    assert set(row["density"]) == {l.name for l in kernels}
+    sizes = [l.kernel.shape.num_elements() for l in kernels]
+    kept = sum(row["density"][l.name] * n for l, n in zip(kernels, sizes)) / sum(sizes)
+    assert abs(kept - (1 - row["sparsity"])) < 1e-3
+    assert "top1" not in row and 0 <= row["top1_as_pruned"] <= 100
+    line = bn.table([row]).splitlines()[2]
+    assert "sparsity 0.6" in line and f"{row['sparsity']:.3f}" in line
