@@ -38,7 +38,6 @@ import warnings
 from typing import Dict, List, Sequence
 
 import keras
-import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
@@ -47,6 +46,7 @@ import bench_quality as bq  # noqa: E402  (its runs' callbacks, calibration and 
 
 import tfprune  # noqa: E402
 from tfprune.errors import InvalidPruningArgumentError  # noqa: E402
+from tfprune.keras.stripping import kernel_zeros  # noqa: E402
 
 #: The configurations measured by default: the channel methods of bench_quality, CAMP-HiVe
 #: with its benchmark setting (gates, 1,024 images) with and without the merge.
@@ -127,15 +127,8 @@ def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_I
 def kernel_density(model) -> Dict[str, float]:
     """The fraction of nonzero weights in each layer's kernel (weight granularity's
     allocation), keyed by layer name."""
-    out = {}
-    for layer in model.layers:
-        kernel = getattr(layer, "kernel", None)
-        if kernel is None:
-            kernel = getattr(layer, "depthwise_kernel", None)
-        if kernel is not None:
-            values = keras.ops.convert_to_numpy(kernel)
-            out[layer.name] = round(float(np.count_nonzero(values)) / values.size, 4)
-    return out
+    return {name: round(1.0 - zeros / total, 4)
+            for name, (zeros, total) in kernel_zeros(model).items()}
 
 
 def table(rows: Sequence[dict]) -> str:

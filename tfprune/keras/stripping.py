@@ -16,16 +16,25 @@ from tfprune.keras.wrapper import is_wrapped, unwrap
 SPARSE_WARNING_FRACTION = 0.01
 
 
-def _kernel_zero_fraction(model) -> float:
-    zeros = total = 0
+def kernel_zeros(model) -> dict:
+    """`{layer name: (zero kernel weights, kernel weights)}` of every layer with a kernel
+    (`kernel`, `depthwise_kernel`, `pointwise_kernel`), nested models included."""
+    out = {}
     for _, layer in iter_layers(model):
         if not isinstance(layer, keras.Model):
             for v in layer.weights:
                 if v.name in KERNELS:
                     value = v.numpy()
-                    zeros += int(np.count_nonzero(value == 0))
-                    total += value.size
-    return zeros / total if total else 0.0
+                    zeros, total = out.get(layer.name, (0, 0))
+                    out[layer.name] = (zeros + int(np.count_nonzero(value == 0)),
+                                       total + value.size)
+    return out
+
+
+def _kernel_zero_fraction(model) -> float:
+    counts = kernel_zeros(model).values()
+    total = sum(t for _, t in counts)
+    return sum(z for z, _ in counts) / total if total else 0.0
 
 
 def strip(model) -> keras.Model:
