@@ -10,7 +10,10 @@ default), every method on the same events: every half epoch (S/2 steps, S the st
 epoch) from step 0 to the middle of the last pruning epoch, 2 x `prune_epochs` events, the
 target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epochs - 1) S/2,
 S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
-at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`). Every
+at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`), or,
+with `prune_events=N`, gradually over the first half of the first epoch: events every
+`S/(2N)` steps from step 0 to the middle of the epoch on the same cubic ramp (the event at
+step 0 prunes nothing; N rounds for RDPrune), the model stripped after that epoch. Every
 fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise,
 the peak rate of 2e-3 unless `--lr` does, and the protocol's flip and translation unless
 `--augment` asks for the flip alone or no augmentation.
@@ -174,6 +177,9 @@ class RunSpec:
         min_density: fraction of every group's channels (kernel's weights) kept.
         prune_epochs: the first epochs, during which the methods prune (0: once, before
             the first step); at most `epochs`.
+        prune_events: with `prune_epochs=0`, prune gradually in this many events over the
+            first half of the first epoch instead of once (0 or 1: once). Part of the run's
+            name when > 1.
         options: keyword arguments of the method (`OPTION_METHODS`), `"name=value,..."`;
             they are part of the run's name.
         calibration: calibration images of a method that takes them (`CALIBRATION_IMAGES`);
@@ -217,6 +223,7 @@ class RunSpec:
     batch_size: int = bc.PROTOCOL_BATCH
     lr: float = bc.FINE_TUNE_LR
     augment: str = "protocol"
+    prune_events: int = 0
 
     @property
     def calibration_images(self) -> int:
@@ -264,7 +271,7 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"min_density={self.min_density!r}: a number in [0, 1)")
         for field, low in (("epochs", 1), ("seed", 0), ("prune_epochs", 0),
-                           ("batch_size", 1)):
+                           ("batch_size", 1), ("prune_events", 0)):
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InvalidPruningArgumentError(f"{field}={value!r}: an integer >= {low}")
@@ -311,6 +318,11 @@ class RunSpec:
             raise InvalidPruningArgumentError(
                 f"augment={self.augment!r}: {self.method!r} is trained with the protocol's "
                 "augmentation; only the fine-tuning runs take another")
+        if self.prune_events > 1 and (self.prune_epochs or self.method in REFERENCE_METHODS):
+            raise InvalidPruningArgumentError(
+                f"prune_events={self.prune_events}: events within the first epoch are for "
+                "pruning runs with prune_epochs=0 (pruning over whole epochs has two events "
+                "per epoch)")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -325,6 +337,7 @@ class RunSpec:
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
         pace = "" if self.method in NARROW_METHODS else f"_p{self.prune_epochs}"
+        pace += f"_ev{self.prune_events}" if self.prune_events > 1 else ""
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
         extra += "" if self.calibration is None else f"_cal{self.calibration}"
         extra += f"_kd{self.distill:g}" if self.distill else ""
@@ -395,6 +408,9 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.prune_epochs:
         gradual = tfprune.PolynomialDecay(begin_step=0, end_step=(events - 1) * half,
                                           frequency=half)
+    elif spec.prune_events > 1:  # within the first half epoch; step 0 is the ramp's start
+        events, half = spec.prune_events, max(1, half // spec.prune_events)
+        gradual = tfprune.PolynomialDecay(begin_step=0, end_step=events * half, frequency=half)
     else:
         gradual = tfprune.OneShot(0)
     cal = calibration[0][:spec.calibration_images], calibration[1][:spec.calibration_images]
@@ -753,7 +769,9 @@ def label(row: dict) -> str:
         extra.append("learning rate rewound after strip")
     if row["method"] not in REFERENCE_METHODS and \
             row.get("prune_epochs", PRUNE_EPOCHS) != PRUNE_EPOCHS:
-        extra.append("pruned once, before the first step" if row["prune_epochs"] == 0
+        events = row.get("prune_events") or 0
+        extra.append(f"pruned in {events} events over the first half epoch" if events > 1
+                     else "pruned once, before the first step" if row["prune_epochs"] == 0
                      else f"pruning over {row['prune_epochs']} epochs")
     if row.get("batch_size", bc.PROTOCOL_BATCH) != bc.PROTOCOL_BATCH:
         extra.append(f"batch {row['batch_size']}")
@@ -973,7 +991,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        else args.after_strip,
                        bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size,
                        bc.FINE_TUNE_LR if method in PROTOCOL_TRAINED else args.lr,
-                       "protocol" if method in PROTOCOL_TRAINED else args.augment)
+                       "protocol" if method in PROTOCOL_TRAINED else args.augment,
+                       0 if method in REFERENCE_METHODS else args.prune_events)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -996,6 +1015,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--prune-epochs", type=int, default=PRUNE_EPOCHS,
                         help="the first epochs, during which the methods prune (0: once, "
                              "before the first step)")
+    parser.add_argument("--prune-events", type=int, default=0,
+                        help="with --prune-epochs 0: prune gradually in this many events over "
+                             "the first half of the first epoch (part of the run's name)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--min-density", type=float, default=0.0,
                         help="fraction of every group's channels (kernel's weights) kept")

@@ -366,3 +366,28 @@ def test_report_reads_several_results_files_later_ones_replacing_runs(tmp_path, 
         bq.main(["--report", "--results", "one,three"])
     with pytest.raises(InvalidPruningArgumentError, match="one results file"):
         bq.main(["--latency", "2", "--results", "one,two"])
+
+
+def test_events_within_the_first_epoch_name_label_schedule_and_refusals():
+    spec = bq.RunSpec("l1_per_flop", prune_epochs=0, prune_events=4, after_strip="rewind")
+    assert spec.name == "l1_per_flop_channel_flops0.25_e10_p0_ev4_rewind_s0"
+    assert bq.RunSpec("l1_per_flop", prune_epochs=0, prune_events=1).name == \
+        bq.RunSpec("l1_per_flop", prune_epochs=0).name
+    row = {"method": "l1_per_flop", "prune_epochs": 0, "prune_events": 4, "run": spec.name}
+    assert "pruned in 4 events over the first half epoch" in bq.label(row)
+    # 100 steps an epoch: events every 50 / 4 = 12 steps from 0 to 48, the cubic ramp's end.
+    pruning = bq.make_pruning(spec, 100, (np.zeros((4, 8, 8, 3)), np.zeros(4)))
+    assert pruning.schedule.events(0, 100) == [0, 12, 24, 36, 48]
+    assert pruning.schedule.progress(48) == 1.0 and pruning.schedule.progress(12) < 1.0
+    rd = bq.make_pruning(bq.RunSpec("rd_prune", prune_epochs=0, prune_events=3), 100,
+                         (np.zeros((4, 8, 8, 3)), np.zeros(4)))
+    assert rd.get_config()["rounds"] == 3
+    for kwargs in ({"prune_epochs": 2}, {"method": "narrow_ft", "prune_epochs": 0}):
+        with pytest.raises(InvalidPruningArgumentError, match="prune_events=4"):
+            bq.RunSpec(**{"method": "l1", "prune_events": 4, **kwargs})
+    with pytest.raises(InvalidPruningArgumentError, match="prune_events=-1"):
+        bq.RunSpec("l1", prune_epochs=0, prune_events=-1)
+    args = bq.parse_args(["--method", "l1,narrow", "--prune-epochs", "0", "--prune-events", "4"])
+    assert [s.prune_events for s in bq.specs_from_args(args)] == [4, 0]
+    with pytest.raises(InvalidPruningArgumentError, match="prune_epochs=0"):
+        bq.specs_from_args(bq.parse_args(["--method", "l1", "--prune-events", "4"]))
