@@ -61,6 +61,9 @@ Usage:
         --batch-size 32                                             # run K's best recipe
     python tools/bench_quality.py --method l1_uniform --prune-epochs 0 --after-strip rewind \
         --batch-size 16 --lr 4e-3 --augment flip                    # run N's best recipe
+    python tools/bench_quality.py --method l1_per_flop --min-density 0.375 --prune-epochs 0 \
+        --prune-events 8 --after-strip rewind --batch-size 16 --lr 4e-3 --augment flip
+                                        # run T: 8 events over the first half epoch
     python tools/bench_quality.py --method rd_prune --min-density 0.25 \
         --options criterion=gates              # CAMP-HiVe's gates inside RDPrune's allocation
     python tools/bench_quality.py --method sosp_h,l1_per_flop --options per_flop=True \
@@ -958,8 +961,8 @@ def plot_kept_channels(rows: Sequence[dict], path, target: float = 0.25) -> path
     ax.set_xticks(x, [g.replace("+", "\n") for g in groups], fontsize=7)
     ax.set_ylabel("channels kept")
     ax.set_title(f"Channels kept per group at {target:.0%} of the dense FLOPs")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
+    # Below the axes, as in plot_accuracy_flops: long labels inside squeeze the bars.
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.17))
     return _save_figure(fig, path)
 
 
