@@ -11,9 +11,9 @@ epoch) from step 0 to the middle of the last pruning epoch, 2 x `prune_epochs` e
 target reached by tfmot's cubic ramp (`tfprune.PolynomialDecay(0, (2 prune_epochs - 1) S/2,
 S/2)`); RDPrune, whose rounds follow its own geometric pace, gets the same number of rounds
 at the same steps. `prune_epochs=0` prunes once before the first step (`OneShot(0)`), or,
-with `prune_events=N`, gradually over the first half of the first epoch: events every
-`S/(2N)` steps from step 0 to the middle of the epoch on the same cubic ramp (the event at
-step 0 prunes nothing; N rounds for RDPrune), the model stripped after that epoch. Every
+with `prune_events=N`, gradually over the first half of the first epoch: N events on the
+same cubic ramp, every `S/(2N)` steps up to the middle of the epoch (plus one at step 0, the
+ramp's start, which prunes nothing; N rounds for RDPrune), stripped after that epoch. Every
 fine-tuning run takes the protocol's batch of 128 images unless `--batch-size` says otherwise,
 the peak rate of 2e-3 unless `--lr` does, and the protocol's flip and translation unless
 `--augment` asks for the flip alone or no augmentation.
@@ -412,6 +412,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         gradual = tfprune.PolynomialDecay(begin_step=0, end_step=(events - 1) * half,
                                           frequency=half)
     elif spec.prune_events > 1:  # within the first half epoch; step 0 is the ramp's start
+        # `half` becomes the gap between events (RDPrune's rounds below take it too)
         events, half = spec.prune_events, max(1, half // spec.prune_events)
         gradual = tfprune.PolynomialDecay(begin_step=0, end_step=events * half, frequency=half)
     else:
