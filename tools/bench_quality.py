@@ -407,14 +407,13 @@ def recalibration_images(x_train: np.ndarray, seed: int, count: int) -> np.ndarr
 def make_pruning(spec: RunSpec, steps: int, calibration):
     """The pruning callback of `spec`; `steps` is the number of optimizer steps of an epoch."""
     half = max(1, steps // 2)
-    events = 2 * spec.prune_epochs
+    events, gap = 2 * spec.prune_epochs, half  # events, and the steps between them
     if spec.prune_epochs:
         gradual = tfprune.PolynomialDecay(begin_step=0, end_step=(events - 1) * half,
                                           frequency=half)
     elif spec.prune_events > 1:  # within the first half epoch; step 0 is the ramp's start
-        # `half` becomes the gap between events (RDPrune's rounds below take it too)
-        events, half = spec.prune_events, max(1, half // spec.prune_events)
-        gradual = tfprune.PolynomialDecay(begin_step=0, end_step=events * half, frequency=half)
+        events, gap = spec.prune_events, max(1, half // spec.prune_events)
+        gradual = tfprune.PolynomialDecay(begin_step=0, end_step=events * gap, frequency=gap)
     else:
         gradual = tfprune.OneShot(0)
     cal = calibration[0][:spec.calibration_images], calibration[1][:spec.calibration_images]
@@ -452,7 +451,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     if spec.method == "sosp_h":
         return tfprune.SOSPH(target, calibration_data=cal, schedule=gradual, verbose=1,
                              seed=spec.seed, min_density=spec.min_density, **options)
-    return tfprune.RDPrune(target, cal, verbose=1, **common, **{**_rounds(events, half), **options})
+    return tfprune.RDPrune(target, cal, verbose=1, **common, **{**_rounds(events, gap), **options})
 
 
 def _rounds(events: int, steps: int) -> dict:
