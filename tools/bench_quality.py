@@ -203,6 +203,10 @@ class RunSpec:
         augment: augmentation of the fine-tuning epochs' images (`bench_common.AUGMENTATIONS`):
             the protocol's flip and translation (default), `"flip"` alone, or `"none"`.
             Part of the run's name when not the protocol's.
+        max_params: with a FLOPs target (channel granularity), also keep at most this fraction
+            of the dense parameters (`tfprune.Target(flops=target, params=max_params)`): flash is
+            what a microcontroller runs out of first. None: FLOPs alone. Part of the run's
+            name when given.
 
     Example:
 
@@ -227,6 +231,7 @@ class RunSpec:
     lr: float = bc.FINE_TUNE_LR
     augment: str = "protocol"
     prune_events: int = 0
+    max_params: Optional[float] = None
 
     @property
     def calibration_images(self) -> int:
@@ -326,6 +331,14 @@ class RunSpec:
                 f"prune_events={self.prune_events}: events within the first epoch are for "
                 "pruning runs with prune_epochs=0 (pruning over whole epochs has two events "
                 "per epoch)")
+        cap = self.max_params
+        if cap is not None and (
+                isinstance(cap, bool) or not isinstance(cap, (int, float)) or not 0 < cap <= 1
+                or self.granularity != "channel"
+                or self.method in REFERENCE_METHODS):
+            raise InvalidPruningArgumentError(
+                f"max_params={cap!r}: a fraction of the dense parameters in (0, 1], for pruning "
+                "runs at channel granularity")
         if self.prune_epochs > self.epochs:
             raise InvalidPruningArgumentError(
                 f"prune_epochs={self.prune_epochs} > epochs={self.epochs}: pruning happens "
@@ -339,6 +352,7 @@ class RunSpec:
             return f"dense_ft_e{self.epochs}_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
+        floor = ("" if self.max_params is None else f"_params{self.max_params:g}") + floor
         pace = "" if self.method in NARROW_METHODS else f"_p{self.prune_epochs}"
         pace += f"_ev{self.prune_events}" if self.prune_events > 1 else ""
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
@@ -428,7 +442,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
             return tfprune.MagnitudePruning(target, gradual, "l1", allocation="global",
                                             verbose=0, **common)
     else:
-        target = tfprune.Target(flops=spec.target)
+        target = tfprune.Target(flops=spec.target, params=spec.max_params)
     if spec.method in L1_METHODS:
         allocation = {"l1": "global", "l1_uniform": "uniform", "l1_normalized": "normalized",
                       "l1_per_flop": tfprune.allocation.GlobalRanking(
@@ -755,10 +769,10 @@ def report_table(rows: Sequence[dict], latency: Optional[Dict[str, dict]] = None
 
 def label(row: dict) -> str:
     """The method's name in tables and plots, with the run's options, its calibration images
-    when they are not the method's default, its per-group floor, its distillation weight, a
-    rewound learning rate after strip, a pruning phase other than the default 5 epochs, a
-    batch other than the protocol's, a peak learning rate other than the default and an
-    augmentation other than the protocol's if it has them."""
+    when they are not the method's default, its per-group floor, its parameter budget, its
+    distillation weight, a rewound learning rate after strip, a pruning phase other than the
+    default 5 epochs, a batch other than the protocol's, a peak learning rate other than the
+    default and an augmentation other than the protocol's if it has them."""
     floor = row.get("min_density") or 0
     extra = [o.strip() for o in (row.get("options") or "").split(",") if o.strip()]
     images = row.get("calibration")
@@ -766,6 +780,8 @@ def label(row: dict) -> str:
         extra.append(f"{images:,} images")
     if floor:
         extra.append(f"min_density {floor:g}")
+    if row.get("max_params") is not None:
+        extra.append(f"params <= {row['max_params']:g} of the dense model's")
     if row.get("distill"):
         extra.append(f"distilled, alpha {row['distill']:g}")
     if row.get("after_strip", "continue") != "continue":
@@ -995,7 +1011,8 @@ def specs_from_args(args) -> List[RunSpec]:
                        bc.PROTOCOL_BATCH if method in PROTOCOL_TRAINED else args.batch_size,
                        bc.FINE_TUNE_LR if method in PROTOCOL_TRAINED else args.lr,
                        "protocol" if method in PROTOCOL_TRAINED else args.augment,
-                       0 if method in REFERENCE_METHODS else args.prune_events)
+                       0 if method in REFERENCE_METHODS else args.prune_events,
+                       None if method in REFERENCE_METHODS else args.max_params)
 
     if args.plan:
         return [spec(m, g, t) for plan in args.plan.split(",") for m, g, t in PLANS[plan]]
@@ -1014,6 +1031,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--flops", type=float, nargs="+", default=[0.25])
     parser.add_argument("--sparsity", type=float, nargs="+", default=None,
                         help="weight granularity at these sparsities instead of --flops")
+    parser.add_argument("--max-params", type=float, default=None,
+                        help="with --flops: also keep at most this fraction of the dense "
+                             "parameters (part of the run's name)")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS)
     parser.add_argument("--prune-epochs", type=int, default=PRUNE_EPOCHS,
                         help="the first epochs, during which the methods prune (0: once, "

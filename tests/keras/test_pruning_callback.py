@@ -410,3 +410,40 @@ def test_unreachable_target_says_what_is_reachable(tiny_cnn, data):
     _refused_before_training(
         tiny_cnn(), data, cb, InvalidTargetError,
         r"with min_density=0.1 the kernels reach at most sparsity=0\.8\d{3}; ask for no more")
+
+
+
+class _FirstBudget(tfprune.MagnitudePruning):
+    """Counts per-unit savings in the target's first budget, whichever binds."""
+
+    def _unit_cost(self, keep, binding=None):
+        return super()._unit_cost(keep)
+
+
+def test_per_unit_cost_counts_savings_in_the_budget_that_binds(drive):
+    # conv0 (32 channels at 8x8) holds the FLOPs, conv1 (6 channels at 2x2, reading all 32)
+    # the params. With a loose FLOPs budget beside a tight params one, the params budget
+    # binds: the ranking per param removed gives what the params budget alone gives, where
+    # the ranking per FLOP (the target's first budget) removes FLOPs it did not need to.
+    def run(target, cls=tfprune.MagnitudePruning):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((8, 8, 3))
+        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv0")(inputs)
+        x = keras.layers.MaxPooling2D(4)(x)
+        x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(x)
+        x = keras.layers.Flatten()(x)
+        model = keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
+        model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        per_unit = tfprune.allocation.GlobalRanking(per_unit_cost=True, normalize="mean")
+        return drive(cls(target, allocation=per_unit, verbose=0), model)
+
+    alone = run(tfprune.Target(params=0.5))
+    both = run(tfprune.Target(flops=0.95, params=0.5))
+    first = run(tfprune.Target(flops=0.95, params=0.5), _FirstBudget)
+    for g in both.groups:
+        np.testing.assert_array_equal(both.removed[g.id], alone.removed[g.id])
+    assert any((first.removed[g.id] != both.removed[g.id]).any() for g in both.groups)
+    achieved, spent = both.events[-1].achieved, first.events[-1].achieved
+    assert achieved["params_kept"] <= 0.5 and achieved["flops_kept"] <= 0.95
+    # Ranked per FLOP: 0.47 of the FLOPs kept where 0.91 meet both budgets.
+    assert spent["params_kept"] <= 0.5 and spent["flops_kept"] < 0.6 < achieved["flops_kept"]

@@ -391,3 +391,23 @@ def test_events_within_the_first_epoch_name_label_schedule_and_refusals():
     assert [s.prune_events for s in bq.specs_from_args(args)] == [4, 0]
     with pytest.raises(InvalidPruningArgumentError, match="prune_epochs=0"):
         bq.specs_from_args(bq.parse_args(["--method", "l1", "--prune-events", "4"]))
+
+
+def test_a_parameter_budget_joins_the_flops_target_name_label_and_command_line():
+    spec = bq.RunSpec("l1_uniform", max_params=0.18, min_density=0.375)
+    assert spec.name == "l1_uniform_channel_flops0.25_params0.18_md0.375_e10_p5_s0"
+    # The row's "params" is the final model's count: the budget has its own key.
+    assert "params <= 0.18 of the dense" in bq.label({"method": "l1_uniform", "max_params": 0.18,
+                                                      "params": 14066})
+    assert "params" not in bq.label({"method": "l1_uniform", "params": 14066})
+    pruning = bq.make_pruning(spec, 100, (np.zeros((4, 8, 8, 3)), np.zeros(4)))
+    assert pruning.target.keep == {"flops": 0.25, "params": 0.18}
+    assert bq.RunSpec("l1_uniform").name == "l1_uniform_channel_flops0.25_e10_p5_s0"
+    for kwargs in ({"max_params": 0.0}, {"max_params": 1.5}, {"max_params": True},
+                   {"method": "narrow", "max_params": 0.5},
+                   {"method": "magnitude", "granularity": "weight", "target": 0.9,
+                    "max_params": 0.5}):
+        with pytest.raises(InvalidPruningArgumentError, match="max_params="):
+            bq.RunSpec(**{"method": "l1", **kwargs})
+    args = bq.parse_args(["--method", "l1,narrow", "--max-params", "0.2"])
+    assert [s.max_params for s in bq.specs_from_args(args)] == [0.2, None]

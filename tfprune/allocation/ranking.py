@@ -156,7 +156,9 @@ class GlobalRanking:
     the budget, so a FLOPs target is met to within one channel of one group. With
     `per_unit_cost=True` units are ranked by score divided by what removing them saves (the
     problem's `unit_costs`, evaluated at the units already removed), which favours pruning
-    expensive layers; scores must then be non-negative.
+    expensive layers; scores must then be non-negative. The pruning callbacks count the
+    saving in the target's budget that binds (with several budgets, the one their first
+    allocation met with the least room left).
 
     Scores of different pools are compared as they are, which suits scores on one scale (a
     loss change) but lets a pool whose units are individually weak and jointly needed be

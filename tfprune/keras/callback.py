@@ -504,6 +504,11 @@ class PruningCallback(keras.callbacks.Callback):
         """The removed units after the event: `{group id: bool (size,)}` or `{name: bool mask}`."""
         problem = self._problem(scores, keep)
         flags = self.allocation(problem)
+        if self.granularity == CHANNEL and len(keep) > 1:
+            # Several budgets: a per-unit-cost ranking counts savings in the one that binds.
+            binding = self._binding(flags, keep)
+            if self._unit_cost(keep, binding) != self._unit_cost(keep):
+                flags = self.allocation(self._problem(scores, keep, binding))
         if self.granularity == CHANNEL:
             return {g.id: np.repeat(f, g.granule) for g, f in zip(self.groups, flags)}
         return {n: f.reshape(r.shape) for (n, r), f in zip(self._removed.items(), flags)}
@@ -557,12 +562,25 @@ class PruningCallback(keras.callbacks.Callback):
         out["sparsity"] = 1.0 - out["params_kept"]
         return out
 
-    def _unit_cost(self, keep) -> str:
-        """The resource whose saving per unit the allocation's `unit_costs` give: the target's
+    def _unit_cost(self, keep, binding: Optional[str] = None) -> str:
+        """The resource whose saving per unit the allocation's `unit_costs` give: `binding`,
+        the budget that a first allocation met most tightly, when known; else the target's
         first."""
-        return _COST_OF[next(iter(keep))]
+        return binding or _COST_OF[next(iter(keep))]
 
-    def _problem(self, scores, keep) -> "allocation_lib.AllocationProblem":
+    def _binding(self, flags, keep) -> str:
+        """The budget of `keep` with the least room left (as a fraction of the dense model)
+        once the units flagged in `flags` (one bool array per pool) are removed."""
+        totals = self.cost_model.evaluate(self._counts([int(f.sum()) for f in flags]))
+        dense = self.cost_model.dense
+        room = {}
+        for resource, kept in keep.items():
+            cost = _COST_OF[resource]
+            room[cost] = (kept * dense[cost] - totals[cost]) / max(dense[cost], 1e-12)
+        return min(room, key=room.get)
+
+    def _problem(self, scores, keep,
+                 binding: Optional[str] = None) -> "allocation_lib.AllocationProblem":
         pools = []
         if self.granularity == CHANNEL:
             for g, s in zip(self.groups, scores):
@@ -579,7 +597,7 @@ class PruningCallback(keras.callbacks.Callback):
                 totals = self.cost_model.evaluate(self._counts(unit_counts))
                 return all(totals[c] <= b * (1 + 1e-12) for c, b in bounds.items())
 
-            primary = self._unit_cost(keep)
+            primary = self._unit_cost(keep, binding)
 
             def unit_costs(unit_counts):
                 saved = self.cost_model.marginal(self._counts(unit_counts))[primary]

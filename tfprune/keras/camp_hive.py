@@ -110,7 +110,8 @@ class CampHiVe(PruningCallback):
         power_iters: most products of each power iteration.
         hutchinson_samples: Rademacher vectors of the Hutchinson estimate.
         top_k: global eigenpairs for `diagonal="lowrank"` / `"both"`.
-        per_unit_cost: compare saliency per FLOP (or param, byte) removed with the thresholds.
+        per_unit_cost: compare saliency per FLOP (or param, byte: the target's budget that
+            binds) removed with the thresholds.
         normalize: `"mean"` (default) divides each pool's saliencies by their mean before
             the thresholds apply, so a unit is judged against its own group (see
             `tfprune.allocation.GlobalRanking`); None compares raw saliencies, which lets

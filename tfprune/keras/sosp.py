@@ -198,8 +198,8 @@ class SOSPH(PruningCallback):
             self.on_train_end()
             raise
 
-    def _unit_cost(self, keep) -> str:
-        return "flops" if self.per_flop else super()._unit_cost(keep)
+    def _unit_cost(self, keep, binding=None) -> str:
+        return "flops" if self.per_flop else super()._unit_cost(keep, binding)
 
     def prune(self, step: int):
         event = super().prune(step)

@@ -37,7 +37,7 @@ class Target:
 
     Several budgets may be given: all of them must hold, so the binding one decides
     (`Target(flops=0.5, params=0.3)` prunes until FLOPs are at most 50% *and* params at most
-    30%).
+    30%). Allocations that rank per unit of cost count the saving in the binding one.
 
     What each budget counts (FLOPs = 2 x MACs of convolutions and dense layers, params =
     every weight, bytes = weight bytes in their dtypes; see `tfprune.profile`):
