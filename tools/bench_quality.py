@@ -351,8 +351,8 @@ class RunSpec:
         if self.method == "dense_ft":
             return f"dense_ft_e{self.epochs}_s{self.seed}"
         kind = "flops" if self.granularity == "channel" else "sparsity"
+        budget = "" if self.max_params is None else f"_params{self.max_params:g}"
         floor = f"_md{self.min_density:g}" if self.min_density else ""
-        floor = ("" if self.max_params is None else f"_params{self.max_params:g}") + floor
         pace = "" if self.method in NARROW_METHODS else f"_p{self.prune_epochs}"
         pace += f"_ev{self.prune_events}" if self.prune_events > 1 else ""
         extra = "".join(f"_{k}{v}" for k, v in sorted(self.keyword_arguments().items()))
@@ -360,8 +360,8 @@ class RunSpec:
         extra += f"_kd{self.distill:g}" if self.distill else ""
         extra += "_rewind" if self.after_strip == "rewind" else ""
         extra += bc.recipe_suffix(self.batch_size, self.lr, self.augment)
-        return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{floor}_e{self.epochs}"
-                f"{pace}{extra}_s{self.seed}")
+        return (f"{self.method}_{self.granularity}_{kind}{self.target:g}{budget}{floor}"
+                f"_e{self.epochs}{pace}{extra}_s{self.seed}")
 
 
 @keras.saving.register_keras_serializable(package="bench_quality")

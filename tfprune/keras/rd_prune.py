@@ -14,7 +14,7 @@ from tfprune.allocation.rd_curves import (DISTORTIONS, DistortionCurve, OutputDi
                                           WORST_CASE, distortion_curves)
 from tfprune.criteria.base import CHANNEL
 from tfprune.errors import InvalidPruningArgumentError, MissingCalibrationDataError
-from tfprune.keras.callback import _COST_OF, PruningCallback
+from tfprune.keras.callback import PruningCallback
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
 
@@ -302,7 +302,7 @@ class RDPrune(PruningCallback):
         """Per unit and level, the cost kept with that unit alone at that level."""
         if self.granularity != CHANNEL:
             return [(p.scores.size - f).astype(np.float64) for p, f in zip(problem.pools, fine)]
-        resource = _COST_OF[next(iter(self.target.keep))]
+        resource = self._unit_cost(self.target.keep)
         already = problem.removed_counts()
         out = []
         for u, levels in enumerate(fine):
