@@ -420,19 +420,13 @@ class _FirstBudget(tfprune.MagnitudePruning):
         return super()._unit_cost(keep)
 
 
-def test_per_unit_cost_counts_savings_in_the_budget_that_binds(drive):
-    # conv0 (32 channels at 8x8) holds the FLOPs, conv1 (6 channels at 2x2, reading all 32)
-    # the params. With a loose FLOPs budget beside a tight params one, the params budget
-    # binds: the ranking per param removed gives what the params budget alone gives, where
-    # the ranking per FLOP (the target's first budget) removes FLOPs it did not need to.
+def test_per_unit_cost_counts_savings_in_the_budget_that_binds(drive, flops_and_params_net):
+    # conv0 (32 channels) holds the FLOPs, conv1 the params. With a loose FLOPs budget beside
+    # a tight params one, the params budget binds: the ranking per param removed gives what
+    # the params budget alone gives, where the ranking per FLOP (the target's first budget)
+    # removes FLOPs it did not need to.
     def run(target, cls=tfprune.MagnitudePruning):
-        keras.utils.set_random_seed(0)
-        inputs = keras.Input((8, 8, 3))
-        x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv0")(inputs)
-        x = keras.layers.MaxPooling2D(4)(x)
-        x = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="conv1")(x)
-        x = keras.layers.Flatten()(x)
-        model = keras.Model(inputs, keras.layers.Dense(4, name="head")(x))
+        model = flops_and_params_net(32, 4)
         model.compile("adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
         per_unit = tfprune.allocation.GlobalRanking(per_unit_cost=True, normalize="mean")
         return drive(cls(target, allocation=per_unit, verbose=0), model)

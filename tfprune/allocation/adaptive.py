@@ -35,6 +35,7 @@ thresholds.tau, thresholds.thresholds      # tau and each pool's tau_l
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import List, Optional, Sequence
@@ -120,10 +121,9 @@ class AdaptiveThresholds:
     def __call__(self, problem: AllocationProblem) -> List[np.ndarray]:
         problem = normalized(problem, self.normalize)
         scale = self.multipliers(len(problem.pools))
-        scaled = AllocationProblem(
-            [Pool(p.name, p.scores * m, p.removed, p.max_removed)
-             for p, m in zip(problem.pools, scale)],
-            problem.meets, problem.unit_costs)
+        scaled = dataclasses.replace(problem, pools=[
+            Pool(p.name, p.scores * m, p.removed, p.max_removed)
+            for p, m in zip(problem.pools, scale)])
         removed = self.ranking(scaled)
         self.tau = self._tau(scaled, removed)
         self.thresholds = None if self.tau is None else self.tau / scale

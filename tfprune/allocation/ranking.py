@@ -75,11 +75,14 @@ class AllocationProblem:
             from pool `i` (an int array aligned with `pools`). Monotone in `counts`.
         unit_costs: optional `counts -> array`: what removing one more unit of each pool
             saves (FLOPs, params, ...) at `counts`; needed by `GlobalRanking(per_unit_cost=True)`.
+        resource: optional name of the cost that `unit_costs` counts (`"flops"`, `"params"`,
+            `"weight_bytes"`): the budget an allocation that weighs costs should save in.
     """
 
     pools: Sequence[Pool]
     meets: Callable[[np.ndarray], bool]
     unit_costs: Optional[Callable[[np.ndarray], np.ndarray]] = None
+    resource: Optional[str] = None
 
     def removed_counts(self) -> np.ndarray:
         return np.array([int(p.removed.sum()) for p in self.pools], dtype=np.int64)
@@ -135,7 +138,7 @@ def normalized(problem: AllocationProblem, normalize: Optional[str]) -> Allocati
         mean = float(np.mean(p.scores[finite])) if finite.any() else 0.0
         scores = np.where(finite, p.scores / mean if mean > 0 else 0.0, p.scores)
         pools.append(Pool(p.name, scores, p.removed, p.max_removed))
-    return AllocationProblem(pools, problem.meets, problem.unit_costs)
+    return dataclasses.replace(problem, pools=pools)
 
 
 def _smallest(lo: int, hi: int, ok: Callable[[int], bool]) -> int:

@@ -603,7 +603,7 @@ class PruningCallback(keras.callbacks.Callback):
                 saved = self.cost_model.marginal(self._counts(unit_counts))[primary]
                 return np.asarray(saved, dtype=np.float64)[self._cost_index] * self._granules
 
-            return allocation_lib.AllocationProblem(pools, meets, unit_costs)
+            return allocation_lib.AllocationProblem(pools, meets, unit_costs, primary)
         for (name, removed), s in zip(self._removed.items(), scores):
             size = removed.size
             minimum = max(1, math.ceil(self.min_density * size - 1e-9))

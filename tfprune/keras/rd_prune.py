@@ -154,7 +154,10 @@ class RDPrune(PruningCallback):
     are not additive (a convolution's FLOPs depend on both its input and output groups) the
     dynamic program's budget is bisected until the true cost meets the target, then single
     units are put back while it still holds. The target is met exactly (to within one unit)
-    and every unit keeps its minimum (`min_channels`, `min_density`).
+    and every unit keeps its minimum (`min_channels`, `min_density`). With several budgets
+    (`Target(flops=..., params=...)`) all hold; the levels are costed in the target's first
+    budget and, when another one binds, the program is solved again in that one on the same
+    curves.
 
     Every variant is one forward pass over the calibration set through one compiled function
     that takes the masks as inputs (no retracing per level), with a progress bar
@@ -232,6 +235,7 @@ class RDPrune(PruningCallback):
         self.reports: List[RDReport] = []
         self._measure: Optional[OutputDistortion] = None
         self._event_step = 0
+        self._event = self._solved = None
 
     @property
     def report(self) -> Optional[RDReport]:
@@ -251,28 +255,44 @@ class RDPrune(PruningCallback):
 
     # --- the allocation ----------------------------------------------------------------
 
+    def allocate(self, context, scores, keep) -> Dict:
+        # The curves are measured once per event: with several budgets the engine solves
+        # again in the one that binds (`_level_costs` reads it from the problem), and the
+        # report describes the allocation kept.
+        self._event, self._solved = None, None
+        try:
+            removed = super().allocate(context, scores, keep)
+            if self._solved is not None:
+                self._report(*self._solved)
+        finally:
+            self._event = self._solved = None
+        return removed
+
     def _allocate_rd(self, problem) -> List[np.ndarray]:
         already = problem.removed_counts()
         if problem.meets(already):
             return [p.removed.copy() for p in problem.pools]
         problem.check_reachable()
-        start = time.perf_counter()
-        evaluations = self._measure.evaluations
-        base = [self._masks.value(n) for n in self._masks.names]
-        self._measure.set_reference(base)
-        units = [(pool.name, self._grid_counts(pool, n, top))
-                 for pool, n, top in zip(problem.pools, already, problem.max_counts())]
-        curves = distortion_curves(
-            self._measure, units,
-            lambda u, n: self._masks_with({}, base, problem.pools[u], u, n), base, self.verbose)
-        fine = [np.union1d(c.counts, np.round(np.linspace(
-            c.counts[0], c.counts[-1], min(c.counts[-1] - c.counts[0], self.levels) + 1)
-        ).astype(np.int64)) for c in curves]
+        if self._event is None:
+            start = time.perf_counter()
+            evaluations = self._measure.evaluations
+            base = [self._masks.value(n) for n in self._masks.names]
+            self._measure.set_reference(base)
+            units = [(pool.name, self._grid_counts(pool, n, top))
+                     for pool, n, top in zip(problem.pools, already, problem.max_counts())]
+            curves = distortion_curves(
+                self._measure, units,
+                lambda u, n: self._masks_with({}, base, problem.pools[u], u, n), base,
+                self.verbose)
+            fine = [np.union1d(c.counts, np.round(np.linspace(
+                c.counts[0], c.counts[-1], min(c.counts[-1] - c.counts[0], self.levels) + 1)
+            ).astype(np.int64)) for c in curves]
+            self._event = (base, curves, fine, evaluations, start)
+        base, curves, fine, evaluations, start = self._event
         solution = rd_solve(problem, fine, [c.at(f) for c, f in zip(curves, fine)],
                             self._level_costs(problem, fine))
-        flags = problem.masks(solution.counts)
-        self._report(problem, base, already, curves, solution, evaluations, start)
-        return flags
+        self._solved = (problem, base, already, curves, solution, evaluations, start)
+        return problem.masks(solution.counts)
 
     def _grid_counts(self, pool, removed: int, top: int) -> np.ndarray:
         counts = np.round(self.grid * pool.scores.size).astype(np.int64)
@@ -302,7 +322,7 @@ class RDPrune(PruningCallback):
         """Per unit and level, the cost kept with that unit alone at that level."""
         if self.granularity != CHANNEL:
             return [(p.scores.size - f).astype(np.float64) for p, f in zip(problem.pools, fine)]
-        resource = self._unit_cost(self.target.keep)
+        resource = problem.resource or self._unit_cost(self.target.keep)
         already = problem.removed_counts()
         out = []
         for u, levels in enumerate(fine):
