@@ -132,6 +132,11 @@ OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform") + L1_METHO
 #: Rankings inside RDPrune's units beyond `tfprune.criteria.get`'s names (`--options
 #: criterion=gates`): CAMP-HiVe's channel-gate saliency and SOSP-H's, in the RD allocation.
 RD_CRITERIA = {"gates": lambda: CampHiVeSaliency("gates"), "sosp": SOSPSaliency}
+#: Allocations beyond `tfprune.allocation.get`'s names (`--options allocation=...`):
+#: `per_unit_cost_mean` is what `SOSPH(per_flop=True)` ranks with (each group's saliencies
+#: over their mean, then per unit of cost saved), counting the budget that binds.
+ALLOCATIONS = {"per_unit_cost_mean": lambda: tfprune.allocation.GlobalRanking(
+    per_unit_cost=True, normalize="mean")}
 #: Calibration images per method by default (the L1 methods take none unless `--calibration`).
 CALIBRATION_IMAGES = {"camp_hive": 128, "sosp_h": 1024, "rd_prune": 1024, "taylor": 1024,
                       "gates_uniform": 128, **dict.fromkeys(L1_METHODS, 0)}
@@ -436,6 +441,8 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
     options = spec.keyword_arguments()
     if spec.method == "rd_prune" and options.get("criterion") in RD_CRITERIA:
         options["criterion"] = RD_CRITERIA[options["criterion"]]()
+    if options.get("allocation") in ALLOCATIONS:
+        options["allocation"] = ALLOCATIONS[options["allocation"]]()
     if spec.granularity == "weight":  # magnitude, or RDPrune below
         target = tfprune.Target(sparsity=spec.target)
         if spec.method == "magnitude":

@@ -181,6 +181,36 @@ def _saliencies(model, data, groups):
     return {g.id: criterion(g, context) for g in groups}
 
 
+def test_per_flop_warns_when_another_budget_binds_and_the_advised_ranking_follows_it(
+        flops_and_params_net, recwarn):
+    rng = np.random.default_rng(0)
+    data = rng.normal(size=(32, 8, 8, 3)).astype("float32"), rng.integers(0, 4, 32)
+
+    def run(target, **kwargs):
+        model = flops_and_params_net(32, 4)
+        model.compile("sgd", keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+        return _run(tfprune.SOSPH(target, data, verbose=0, **kwargs), model, data)
+
+    def warned():
+        return [w for w in recwarn if "per_flop=True" in str(w.message)]
+
+    both = tfprune.Target(flops=0.95, params=0.5)
+    with pytest.warns(UserWarning, match=r"per_flop=True\): the params budget of "
+                      r"Target\(flops=0.95, params=0.5\) binds.*per_flop=False, allocation="):
+        per_flop = run(both, per_flop=True)
+    recwarn.clear()
+    advised = run(both, allocation=tfprune.allocation.GlobalRanking(per_unit_cost=True,
+                                                                    normalize="mean"))
+    spent, achieved = per_flop.events[-1].achieved, advised.events[-1].achieved
+    for a in (spent, achieved):
+        assert a["params_kept"] <= 0.5 and a["flops_kept"] <= 0.95
+    assert spent["flops_kept"] < achieved["flops_kept"] - 0.05  # 0.60 against 0.68
+    # FLOPs binding, or FLOPs alone: no warning.
+    run(tfprune.Target(flops=0.3, params=0.9), per_flop=True)
+    run(tfprune.Target(flops=0.3), per_flop=True)
+    assert not warned()
+
+
 @pytest.mark.parametrize("target, per_flop, allocation", [
     (tfprune.Target(flops=0.5), False, "global"), (tfprune.Target(params=0.4), False, "global"),
     (tfprune.Target(flops=0.6), True, "global"), (tfprune.Target(flops=0.6), True, None),
