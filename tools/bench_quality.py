@@ -452,8 +452,7 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
         target = tfprune.Target(flops=spec.target, params=spec.max_params)
     if spec.method in L1_METHODS:
         allocation = {"l1": "global", "l1_uniform": "uniform", "l1_normalized": "normalized",
-                      "l1_per_flop": tfprune.allocation.GlobalRanking(
-                          per_unit_cost=True, normalize="mean")}[spec.method]
+                      "l1_per_flop": ALLOCATIONS["per_unit_cost_mean"]()}[spec.method]
         return tfprune.MagnitudePruning(target, gradual, "l1", allocation=allocation, verbose=0,
                                         calibration_data=cal if spec.calibration_images else None,
                                         **common, **options)

@@ -98,6 +98,12 @@ def test_l1_per_flop_ranks_normalized_l1_per_flop_like_sosp_h_per_flop():
     assert pruning.min_density == 0.25
     assert bq.label({"method": "l1_per_flop", "run": "x"}) == \
         "L1 magnitude (normalized, per FLOP)"
+    # SOSP-H's per-FLOP ranking counted in the budget that binds, by name.
+    spec = bq.RunSpec("sosp_h", options="allocation=per_unit_cost_mean", max_params=0.18)
+    sosp = bq.make_pruning(spec, 10, pool)
+    assert not sosp.per_flop and isinstance(sosp.allocation, tfprune.allocation.GlobalRanking)
+    assert sosp.allocation.per_unit_cost is True and sosp.allocation.normalize == "mean"
+    assert sosp.target.keep == {"flops": 0.25, "params": 0.18}
 
 
 def test_l1_takes_the_engines_fold_with_calibration_images():
