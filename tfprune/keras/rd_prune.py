@@ -259,7 +259,6 @@ class RDPrune(PruningCallback):
         # The curves are measured once per event: with several budgets the engine solves
         # again in the one that binds (`_level_costs` reads it from the problem), and the
         # report describes the allocation kept.
-        self._event, self._solved = None, None
         try:
             removed = super().allocate(context, scores, keep)
             if self._solved is not None:

@@ -211,8 +211,9 @@ class SOSPH(PruningCallback):
                 "ranking channels per FLOP meets it by removing FLOPs that the target does not "
                 "ask for (ResNet-8 with Target(flops=0.25, params=0.18): 0.11 of the FLOPs "
                 "kept and 71.4% top-1 after fine-tuning, against 0.21 and 74.3% ranked per "
-                "param). To rank per unit of the budget that binds, pass per_flop=False, allocation=tfprune.allocation.GlobalRanking("
-                "per_unit_cost=True, normalize='mean')", stacklevel=2)
+                "param). To rank per unit of the budget that binds, pass per_flop=False, "
+                "allocation=tfprune.allocation.GlobalRanking(per_unit_cost=True, "
+                "normalize='mean')", stacklevel=2)
         return "flops" if self.per_flop else super()._unit_cost(keep, binding)
 
     def prune(self, step: int):
