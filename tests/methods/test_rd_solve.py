@@ -1,4 +1,5 @@
-"""rd_solve: rate-distortion allocation that meets a true (possibly non-additive) budget."""
+"""rd_solve: rate-distortion allocation that meets a true (possibly non-additive) budget;
+rd_solve_budgets: the same under several budgets at once."""
 
 import itertools
 
@@ -6,7 +7,7 @@ import numpy as np
 import pytest
 
 from tfprune.allocation import AllocationProblem, Pool
-from tfprune.allocation.rd import rd_solve
+from tfprune.allocation.rd import rd_solve, rd_solve_budgets
 from tfprune.errors import InvalidTargetError
 
 
@@ -78,3 +79,54 @@ def test_unreachable_budget():
     levels = [np.arange(4), np.arange(4)]
     with pytest.raises(InvalidTargetError, match="cannot be met"):
         rd_solve(problem, levels, [np.arange(4.0)] * 2, [4.0 - levels[0]] * 2)
+
+
+def _two_budgets(seed, pools=3, size=5):
+    """Pools whose kept units cost `flops[i]` and `params[i]` each, and both budgets at 40-70%
+    of the dense costs: either, or both, may bind."""
+    rng = np.random.default_rng(seed)
+    flops, params = (rng.integers(1, 6, pools).astype(float) for _ in range(2))
+    budgets = {"flops": float(np.round(rng.uniform(0.4, 0.7) * size * flops.sum())),
+               "params": float(np.round(rng.uniform(0.4, 0.7) * size * params.sum()))}
+    kept = lambda c: {"flops": (size - np.asarray(c)) @ flops,
+                      "params": (size - np.asarray(c)) @ params}
+    meets = lambda c: all(v <= budgets[r] for r, v in kept(c).items())
+    problem = AllocationProblem(_pools([size] * pools), meets)
+    levels = [np.arange(size)] * pools
+    curves = [np.concatenate([[0.0], np.cumsum(np.sort(rng.uniform(0, 3, size - 1)))])
+              for _ in range(pools)]
+    costs = {"flops": [f * (size - levels[0]) for f in flops],
+             "params": [p * (size - levels[0]) for p in params]}
+    return problem, levels, curves, costs, budgets
+
+
+def test_several_budgets_give_the_brute_force_optimum_where_one_budget_does_not():
+    better = 0
+    for seed in range(40):
+        problem, levels, curves, costs, budgets = _two_budgets(seed)
+        got = rd_solve_budgets(problem, levels, curves, costs, budgets, max_bins=2000)
+        best = min(sum(c[k] for c, k in zip(curves, combo))
+                   for combo in itertools.product(*levels) if problem.meets(np.array(combo)))
+        assert problem.meets(got.counts)
+        assert got.predicted == pytest.approx(best, abs=1e-9)
+        assert sum(got.weights.values()) == pytest.approx(1.0)
+        single = min(rd_solve(problem, levels, curves, costs[r], max_bins=2000).predicted
+                     for r in costs)
+        assert got.predicted <= single + 1e-12      # each budget alone is one weighting
+        better += got.predicted < single - 1e-9
+    assert better >= 3      # 6 of these 40 need both budgets weighed together
+
+
+def test_several_budgets_arguments():
+    problem, levels, curves, costs, budgets = _two_budgets(0)
+    with pytest.raises(InvalidTargetError, match="same budgets"):
+        rd_solve_budgets(problem, levels, curves, costs, {"flops": 1.0})
+    with pytest.raises(InvalidTargetError, match="mixtures must be an integer"):
+        rd_solve_budgets(problem, levels, curves, costs, budgets, mixtures=0)
+    # One budget is rd_solve itself; three weigh a two-dimensional lattice.
+    one = rd_solve_budgets(problem, levels, curves, {"flops": costs["flops"]},
+                           {"flops": budgets["flops"] * 10})
+    assert one.weights == {"flops": 1.0}
+    costs["bytes"] = costs["params"]
+    three = rd_solve_budgets(problem, levels, curves, costs, dict(budgets, bytes=1e9), mixtures=2)
+    assert problem.meets(three.counts) and len(three.weights) == 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import List, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -182,6 +182,8 @@ class RDSolution:
         dp_budget: the largest dynamic-programming budget whose allocation met the true budget.
         steps: dynamic programs solved during the bisection.
         restored: units put back after the bisection to remove no more than needed.
+        weights: with several budgets (`rd_solve_budgets`), the weight of each budget in the
+            costs the levels were chosen by (each budget's cost counted as a fraction of it).
     """
 
     counts: np.ndarray
@@ -189,6 +191,7 @@ class RDSolution:
     dp_budget: float
     steps: int
     restored: int
+    weights: Optional[Dict[str, float]] = None
 
 
 def rd_solve(problem, levels: Sequence, curves: Sequence, costs: Sequence,
@@ -292,3 +295,83 @@ def rd_solve(problem, levels: Sequence, curves: Sequence, costs: Sequence,
         else:
             break
     return RDSolution(counts, predicted(counts), lo, steps, restored)
+
+
+def _mixtures(resources: int, steps: int) -> List[np.ndarray]:
+    """The weights `w` (non-negative, summing to 1) on a lattice of `steps` divisions."""
+    def parts(k, n):
+        if k == 1:
+            yield (n,)
+            return
+        for first in range(n, -1, -1):
+            for rest in parts(k - 1, n - first):
+                yield (first,) + rest
+    return [np.array(p, dtype=np.float64) / steps for p in parts(resources, steps)]
+
+
+def rd_solve_budgets(problem, levels: Sequence, curves: Sequence, costs: Mapping[str, Sequence],
+                     budgets: Mapping[str, float], mixtures: int = 8, **kwargs) -> RDSolution:
+    """`rd_solve` under several budgets at once (e.g. FLOPs and params).
+
+    The dynamic program weighs one cost per level, so each budget's cost is counted as a
+    fraction of that budget and the levels are costed by mixtures of them,
+    `sum_r w_r * costs[r] / budgets[r]` for weights `w` on a lattice of the simplex with
+    `mixtures` divisions (with two budgets, `(1, 0), (7/8, 1/8), ..., (0, 1)`: each budget
+    alone among them). Every mixture's allocation
+    meets all budgets (`problem.meets` checks them all), and the one with the least predicted
+    distortion is kept: never worse than costing the levels in any one budget, and better
+    when several budgets bind together (a Lagrangian relaxation of the two-dimensional
+    program, at `mixtures + 1` one-dimensional ones with two budgets).
+
+    Args:
+        problem: a `tfprune.allocation.AllocationProblem` whose `meets` checks every budget.
+        levels, curves: as for `rd_solve`.
+        costs: per budget, per pool, the cost that remains at each level.
+        budgets: per budget, its bound, in the units of `costs` (e.g. kept FLOPs).
+        mixtures: divisions of the simplex of weights (`mixtures + 1` weightings with two
+            budgets, `(mixtures + 1) (mixtures + 2) / 2` with three).
+        **kwargs: `max_bins`, `max_steps` of `rd_solve`.
+
+    Returns:
+        The `RDSolution` of least predicted distortion, its `weights` naming the mixture and
+        its `steps` counting the dynamic programs of all mixtures.
+
+    Example:
+
+    ```python
+    import numpy as np
+    from tfprune.allocation import AllocationProblem, Pool
+    from tfprune.allocation.rd import rd_solve, rd_solve_budgets
+    pools = [Pool(n, np.zeros(4), np.zeros(4, bool), 4) for n in "abc"]
+    flops, params = np.array([4.0, 2, 1]), np.array([1.0, 3, 4])   # per unit kept
+    kept = lambda n: {"flops": (4 - n) @ flops, "params": (4 - n) @ params}
+    budgets = {"flops": 13, "params": 14}
+    problem = AllocationProblem(
+        pools, lambda n: all(v <= budgets[r] for r, v in kept(n).items()))
+    levels = [np.arange(5)] * 3
+    curves = [s * np.array([0, 1, 2, 4, 8.0]) for s in (1, 3, 2)]
+    costs = {r: [c * (4 - levels[0]) for c in per_unit]
+             for r, per_unit in (("flops", flops), ("params", params))}
+    got = rd_solve_budgets(problem, levels, curves, costs, budgets)
+    got.counts, got.predicted   # (array([3, 1, 3]), 15.0): FLOPs 11 of 13, params 14 of 14
+    rd_solve(problem, levels, curves, costs["params"]).predicted   # 16.0 (in FLOPs: 18.0)
+    ```
+    """
+    names = list(costs)
+    if set(names) != set(budgets) or not names:
+        raise InvalidTargetError(f"rd_solve_budgets: costs for {sorted(costs)} but budgets for "
+                                 f"{sorted(budgets)}; give both for the same budgets")
+    if isinstance(mixtures, bool) or not isinstance(mixtures, int) or mixtures < 1:
+        raise InvalidTargetError(f"rd_solve_budgets: mixtures must be an integer >= 1; got "
+                                 f"{mixtures!r}")
+    scaled = {r: [np.asarray(c, dtype=np.float64) / max(float(budgets[r]), 1e-300)
+                  for c in costs[r]] for r in names}
+    best, total = None, 0
+    for w in _mixtures(len(names), mixtures if len(names) > 1 else 1):
+        mixed = [sum(wr * scaled[r][u] for wr, r in zip(w, names))
+                 for u in range(len(levels))]
+        solution = rd_solve(problem, levels, curves, mixed, **kwargs)
+        total += solution.steps
+        if best is None or solution.predicted < best.predicted - 1e-12:
+            best = dataclasses.replace(solution, weights=dict(zip(names, map(float, w))))
+    return dataclasses.replace(best, steps=total)

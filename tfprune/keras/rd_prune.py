@@ -9,12 +9,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from tfprune.allocation.rd import rd_solve
+from tfprune.allocation.rd import rd_solve, rd_solve_budgets
 from tfprune.allocation.rd_curves import (DISTORTIONS, DistortionCurve, OutputDistortion,
                                           WORST_CASE, distortion_curves)
 from tfprune.criteria.base import CHANNEL
 from tfprune.errors import InvalidPruningArgumentError, MissingCalibrationDataError
-from tfprune.keras.callback import PruningCallback
+from tfprune.keras.callback import _COST_OF, PruningCallback
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
 
@@ -86,6 +86,8 @@ class RDReport:
         evaluations: forward passes over the calibration set in the event.
         dp_steps: dynamic programs solved to meet the budget.
         seconds: wall time of the event's allocation.
+        weights: with several budgets, the weight of each in the costs of the levels chosen
+            (`tfprune.allocation.rd.rd_solve_budgets`); None with one.
     """
 
     step: int
@@ -97,6 +99,7 @@ class RDReport:
     evaluations: int
     dp_steps: int
     seconds: float
+    weights: Optional[Dict[str, float]] = None
 
     @property
     def additivity_error(self) -> float:
@@ -112,6 +115,9 @@ class RDReport:
                      f"{self.predicted:.4g}, measured jointly {self.joint:.4g} (error "
                      f"{self.additivity_error:+.1%}); {self.evaluations} forward passes, "
                      f"{self.dp_steps} dynamic programs, {self.seconds:.1f} s")
+        if self.weights:
+            mix = ", ".join(f"{w:.3g} {r}" for r, w in self.weights.items())
+            lines.append(f"levels costed by {mix} (each as a fraction of its budget)")
         return "\n".join(lines)
 
 
@@ -155,9 +161,10 @@ class RDPrune(PruningCallback):
     dynamic program's budget is bisected until the true cost meets the target, then single
     units are put back while it still holds. The target is met exactly (to within one unit)
     and every unit keeps its minimum (`min_channels`, `min_density`). With several budgets
-    (`Target(flops=..., params=...)`) all hold; the levels are costed in the target's first
-    budget and, when another one binds, the program is solved again in that one on the same
-    curves.
+    (`Target(flops=..., params=...)`) all hold: each budget's cost is counted as a fraction
+    of it, the levels are costed by mixtures of them (`mixtures + 1` weightings with two,
+    each budget alone among them) and the allocation of least predicted distortion is kept
+    (`tfprune.allocation.rd.rd_solve_budgets`), on the same curves.
 
     Every variant is one forward pass over the calibration set through one compiled function
     that takes the masks as inputs (no retracing per level), with a progress bar
@@ -187,6 +194,8 @@ class RDPrune(PruningCallback):
         levels: the most levels per unit after interpolation (finer levels make the dynamic
             program slower; the final put-back step works at single units anyway).
         batch_size: samples per forward pass for `(x, y)` arrays.
+        mixtures: with several budgets, the divisions of the weights given to each
+            (`mixtures + 1` bisections of the dynamic program with two budgets).
         **kwargs: `min_channels`, `verbose`, `seed` of `tfprune.PruningCallback`, and its
             `merge_rule` (channels: fold the removed ones into the kept ones).
 
@@ -209,7 +218,7 @@ class RDPrune(PruningCallback):
     def __init__(self, target, calibration_data, granularity: str = CHANNEL, grid=20,
                  distortion: str = WORST_CASE, min_density: float = 0.0, rounds: int = 1,
                  round_steps: int = 1, begin_step: int = 0, criterion="l1", levels: int = 128,
-                 batch_size: int = 128, **kwargs):
+                 batch_size: int = 128, mixtures: int = 8, **kwargs):
         if calibration_data is None:
             raise MissingCalibrationDataError(
                 "RDPrune measures output distortion on calibration data: pass "
@@ -223,6 +232,7 @@ class RDPrune(PruningCallback):
         self.round_steps = _positive("round_steps", round_steps, 1)
         self.begin_step = _positive("begin_step", begin_step, 0)
         self.levels = _positive("levels", levels, 2)
+        self.mixtures = _positive("mixtures", mixtures, 1)
         self.batch_size = _positive("batch_size", batch_size, 1)
         schedule = OneShot(self.begin_step) if self.rounds == 1 else \
             _Rounds(self.begin_step, self.round_steps, self.rounds)
@@ -236,6 +246,7 @@ class RDPrune(PruningCallback):
         self._measure: Optional[OutputDistortion] = None
         self._event_step = 0
         self._event = self._solved = None
+        self._keep: Dict[str, float] = {}
 
     @property
     def report(self) -> Optional[RDReport]:
@@ -256,9 +267,10 @@ class RDPrune(PruningCallback):
     # --- the allocation ----------------------------------------------------------------
 
     def allocate(self, context, scores, keep) -> Dict:
-        # The curves are measured once per event: with several budgets the engine solves
-        # again in the one that binds (`_level_costs` reads it from the problem), and the
-        # report describes the allocation kept.
+        # The curves are measured once per event; with several budgets the levels are
+        # costed by mixtures of all of them at once (`rd_solve_budgets`), so the engine's
+        # second solve in the budget that binds returns the same allocation.
+        self._keep = keep
         try:
             removed = super().allocate(context, scores, keep)
             if self._solved is not None:
@@ -288,8 +300,17 @@ class RDPrune(PruningCallback):
             ).astype(np.int64)) for c in curves]
             self._event = (base, curves, fine, evaluations, start)
         base, curves, fine, evaluations, start = self._event
-        solution = rd_solve(problem, fine, [c.at(f) for c, f in zip(curves, fine)],
-                            self._level_costs(problem, fine))
+        at = [c.at(f) for c, f in zip(curves, fine)]
+        if self.granularity == CHANNEL and len(self._keep) > 1:
+            if self._solved is not None:  # the engine's solve again in the binding budget
+                return problem.masks(self._solved[4].counts)
+            dense = self.cost_model.dense
+            budgets = {_COST_OF[r]: k * dense[_COST_OF[r]] for r, k in self._keep.items()}
+            solution = rd_solve_budgets(
+                problem, fine, at, {c: self._level_costs(problem, fine, c) for c in budgets},
+                budgets, mixtures=self.mixtures)
+        else:
+            solution = rd_solve(problem, fine, at, self._level_costs(problem, fine))
         self._solved = (problem, base, already, curves, solution, evaluations, start)
         return problem.masks(solution.counts)
 
@@ -317,11 +338,12 @@ class RDPrune(PruningCallback):
             masks[u] = (~removed).reshape(base[u].shape).astype(base[u].dtype)
         return masks
 
-    def _level_costs(self, problem, fine) -> List[np.ndarray]:
-        """Per unit and level, the cost kept with that unit alone at that level."""
+    def _level_costs(self, problem, fine, resource: Optional[str] = None) -> List[np.ndarray]:
+        """Per unit and level, the cost (`resource`, by default the problem's) kept with that
+        unit alone at that level."""
         if self.granularity != CHANNEL:
             return [(p.scores.size - f).astype(np.float64) for p, f in zip(problem.pools, fine)]
-        resource = problem.resource or self._unit_cost(self.target.keep)
+        resource = resource or problem.resource or self._unit_cost(self.target.keep)
         already = problem.removed_counts()
         out = []
         for u, levels in enumerate(fine):
@@ -346,7 +368,7 @@ class RDPrune(PruningCallback):
             predicted=float(sum(singles)),
             joint=self._measure(self._merge(base, joint)), distortion=self.distortion,
             evaluations=self._measure.evaluations - evaluations, dp_steps=solution.steps,
-            seconds=time.perf_counter() - start)
+            seconds=time.perf_counter() - start, weights=solution.weights)
         self.reports.append(report)
         if self.verbose:
             print(report)
@@ -364,5 +386,5 @@ class RDPrune(PruningCallback):
                   if k not in ("schedule", "allocation")}
         config.update(grid=self.grid.tolist(), distortion=self.distortion, rounds=self.rounds,
                       round_steps=self.round_steps, begin_step=self.begin_step,
-                      levels=self.levels, batch_size=self.batch_size)
+                      levels=self.levels, batch_size=self.batch_size, mixtures=self.mixtures)
         return config
