@@ -73,6 +73,7 @@ def test_progress_and_report_print_only_when_verbose(verbose, capsys):
     config = rd.get_config()
     assert config["grid"] == [0.25, 0.5, 0.75, 1.0] and config["distortion"] == "worst_case"
     assert config["target"] == {"params": 0.6} and config["verbose"] == verbose
+    assert config["mixtures"] == 8
 
 
 def test_curves_grow_with_pruning_and_levels_do_not_retrace():

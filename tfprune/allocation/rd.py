@@ -317,11 +317,11 @@ def rd_solve_budgets(problem, levels: Sequence, curves: Sequence, costs: Mapping
     fraction of that budget and the levels are costed by mixtures of them,
     `sum_r w_r * costs[r] / budgets[r]` for weights `w` on a lattice of the simplex with
     `mixtures` divisions (with two budgets, `(1, 0), (7/8, 1/8), ..., (0, 1)`: each budget
-    alone among them). Every mixture's allocation
-    meets all budgets (`problem.meets` checks them all), and the one with the least predicted
-    distortion is kept: never worse than costing the levels in any one budget, and better
-    when several budgets bind together (a Lagrangian relaxation of the two-dimensional
-    program, at `mixtures + 1` one-dimensional ones with two budgets).
+    alone among them). Every mixture's allocation meets all budgets (`problem.meets` checks
+    them all), and the one with the least predicted distortion is kept: never worse than
+    costing the levels in any one budget, and better when several budgets bind together (a
+    Lagrangian relaxation of the two-dimensional program, at `mixtures + 1` one-dimensional
+    ones with two budgets).
 
     Args:
         problem: a `tfprune.allocation.AllocationProblem` whose `meets` checks every budget.

@@ -573,11 +573,13 @@ class PruningCallback(keras.callbacks.Callback):
         once the units flagged in `flags` (one bool array per pool) are removed."""
         totals = self.cost_model.evaluate(self._counts([int(f.sum()) for f in flags]))
         dense = self.cost_model.dense
-        room = {}
-        for resource, kept in keep.items():
-            cost = _COST_OF[resource]
-            room[cost] = (kept * dense[cost] - totals[cost]) / max(dense[cost], 1e-12)
+        room = {c: (b - totals[c]) / max(dense[c], 1e-12) for c, b in self._bounds(keep).items()}
         return min(room, key=room.get)
+
+    def _bounds(self, keep) -> Dict[str, float]:
+        """Per cost (`flops`, `params`, `weight_bytes`), the most that `keep` allows."""
+        dense = self.cost_model.dense
+        return {_COST_OF[r]: k * dense[_COST_OF[r]] for r, k in keep.items()}
 
     def _problem(self, scores, keep,
                  binding: Optional[str] = None) -> "allocation_lib.AllocationProblem":
@@ -590,8 +592,7 @@ class PruningCallback(keras.callbacks.Callback):
                     g.describe(), np.asarray(s).reshape(-1, g.granule).sum(axis=1),
                     self._removed[g.id].reshape(-1, g.granule).all(axis=1),
                     (g.size - minimum) // g.granule))
-            dense = self.cost_model.dense
-            bounds = {_COST_OF[r]: k * dense[_COST_OF[r]] for r, k in keep.items()}
+            bounds = self._bounds(keep)
 
             def meets(unit_counts):
                 totals = self.cost_model.evaluate(self._counts(unit_counts))

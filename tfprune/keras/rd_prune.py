@@ -14,7 +14,7 @@ from tfprune.allocation.rd_curves import (DISTORTIONS, DistortionCurve, OutputDi
                                           WORST_CASE, distortion_curves)
 from tfprune.criteria.base import CHANNEL
 from tfprune.errors import InvalidPruningArgumentError, MissingCalibrationDataError
-from tfprune.keras.callback import _COST_OF, PruningCallback
+from tfprune.keras.callback import PruningCallback
 from tfprune.keras.schedules import OneShot, PruningSchedule
 from tfprune.keras.targets import Target
 
@@ -304,8 +304,7 @@ class RDPrune(PruningCallback):
         if self.granularity == CHANNEL and len(self._keep) > 1:
             if self._solved is not None:  # the engine's solve again in the binding budget
                 return problem.masks(self._solved[4].counts)
-            dense = self.cost_model.dense
-            budgets = {_COST_OF[r]: k * dense[_COST_OF[r]] for r, k in self._keep.items()}
+            budgets = self._bounds(self._keep)
             solution = rd_solve_budgets(
                 problem, fine, at, {c: self._level_costs(problem, fine, c) for c in budgets},
                 budgets, mixtures=self.mixtures)
