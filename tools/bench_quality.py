@@ -127,8 +127,10 @@ LABELS = {"l1": "L1 magnitude (global)", "l1_uniform": "L1 magnitude (uniform)",
           "narrow_ft": "narrow from scratch, 30 epochs + fine-tuned"}
 L1_METHODS = ("l1", "l1_uniform", "l1_normalized", "l1_per_flop")
 #: Methods whose constructor takes `RunSpec.options` (`--options`; the L1 methods, e.g.
-#: `merge_rule=regression` with `--calibration`: the engine's fold, criterion L1).
-OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform") + L1_METHODS
+#: `merge_rule=regression` with `--calibration`: the engine's fold, criterion L1; Taylor and
+#: random, e.g. `allocation=uniform`).
+OPTION_METHODS = ("camp_hive", "sosp_h", "rd_prune", "gates_uniform", "taylor",
+                  "random") + L1_METHODS
 #: Rankings inside RDPrune's units beyond `tfprune.criteria.get`'s names (`--options
 #: criterion=gates`): CAMP-HiVe's channel-gate saliency and SOSP-H's, in the RD allocation.
 RD_CRITERIA = {"gates": lambda: CampHiVeSaliency("gates"), "sosp": SOSPSaliency}
@@ -457,10 +459,11 @@ def make_pruning(spec: RunSpec, steps: int, calibration):
                                         calibration_data=cal if spec.calibration_images else None,
                                         **common, **options)
     if spec.method == "random":
-        return tfprune.MagnitudePruning(target, gradual, "random", verbose=0, **common)
+        return tfprune.MagnitudePruning(target, gradual, "random", verbose=0, **common,
+                                        **options)
     if spec.method == "taylor":
         return tfprune.MagnitudePruning(target, gradual, "taylor", calibration_data=cal,
-                                        verbose=0, **common)
+                                        verbose=0, **common, **options)
     if spec.method == "gates_uniform":
         return tfprune.PruningCallback(CampHiVeSaliency("gates", **options), target, gradual,
                                        allocation="uniform", calibration_data=cal, verbose=0,

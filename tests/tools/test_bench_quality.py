@@ -38,7 +38,7 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "camp_hive", "min_density": 1.0}, "min_density"),
     ({"method": "l1", "epochs": 4, "prune_epochs": 5}, "prune_epochs=5 > epochs=4"),
     ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
-    ({"method": "random", "options": "merge=False"}, "only camp_hive"),
+    ({"method": "narrow_ft", "options": "merge=False"}, "only camp_hive"),
     ({"method": "camp_hive", "options": "merge"}, "name=value"),
     ({"method": "random", "calibration": 256}, "calibration=256"),
     ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
@@ -104,6 +104,17 @@ def test_l1_per_flop_ranks_normalized_l1_per_flop_like_sosp_h_per_flop():
     assert not sosp.per_flop and isinstance(sosp.allocation, tfprune.allocation.GlobalRanking)
     assert sosp.allocation.per_unit_cost is True and sosp.allocation.normalize == "mean"
     assert sosp.target.keep == {"flops": 0.25, "params": 0.18}
+
+
+def test_taylor_and_random_take_another_allocation():
+    pool = (np.zeros((2048, 8, 8, 3), "float32"), np.zeros(2048))
+    spec = bq.RunSpec("taylor", options="allocation=uniform")
+    assert spec.name == "taylor_channel_flops0.25_e10_p5_allocationuniform_s0"
+    uniform = tfprune.allocation.UniformAllocation
+    assert isinstance(bq.make_pruning(spec, 10, pool).allocation, uniform)
+    assert not isinstance(bq.make_pruning(bq.RunSpec("taylor"), 10, pool).allocation, uniform)
+    random = bq.make_pruning(bq.RunSpec("random", options="allocation=uniform"), 10, pool)
+    assert isinstance(random.allocation, uniform)
 
 
 def test_l1_takes_the_engines_fold_with_calibration_images():
