@@ -293,7 +293,10 @@ class RunSpec:
         if self.options and self.method not in OPTION_METHODS:
             raise InvalidPruningArgumentError(
                 f"options={self.options!r}: only {', '.join(OPTION_METHODS)} take options")
-        self.keyword_arguments()
+        extra = set(self.keyword_arguments()) - {"allocation"}
+        if self.method in ("taylor", "random") and extra:
+            raise InvalidPruningArgumentError(
+                f"options={self.options!r}: {self.method} takes only allocation=...")
         if self.calibration is not None and (
                 self.method not in CALIBRATION_IMAGES or isinstance(self.calibration, bool)
                 or not isinstance(self.calibration, int) or self.calibration < 1):

@@ -32,7 +32,7 @@ def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
     for bad in ("obd", "narrow", "dense"):
         with pytest.raises(InvalidPruningArgumentError, match="must be one of"):
             bn.parse_config(bad, 0.25, 0)
-    with pytest.raises(InvalidPruningArgumentError, match="only camp_hive"):
+    with pytest.raises(InvalidPruningArgumentError, match="random takes only allocation"):
         bn.parse_config("random:merge=False", 0.25, 0)
 
 

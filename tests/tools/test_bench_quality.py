@@ -39,6 +39,7 @@ def test_continued_schedule_goes_on_from_its_offset_and_round_trips():
     ({"method": "l1", "epochs": 4, "prune_epochs": 5}, "prune_epochs=5 > epochs=4"),
     ({"method": "dense_ft", "target": 0.5}, "target 1.0"),
     ({"method": "narrow_ft", "options": "merge=False"}, "only camp_hive"),
+    ({"method": "taylor", "options": "merge=False"}, "taylor takes only allocation"),
     ({"method": "camp_hive", "options": "merge"}, "name=value"),
     ({"method": "random", "calibration": 256}, "calibration=256"),
     ({"method": "camp_hive", "calibration": 0}, "images >= 1"),
