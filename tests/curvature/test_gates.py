@@ -176,10 +176,103 @@ def test_blocks_are_the_gauss_newton_matrix_between_gates():
     ([[0, 9]], r"within 0\.\.2"),
     ([[0, 0]], "distinct"),
     ([[]], "distinct"),
-    ([[0, "x"]], "block 0 must be a list of gate indices"),
+    ([[0, "x"]], r"blocks\[0\] must be a list of gate indices"),
 ])
 def test_bad_blocks_are_refused(blocks, match):
     model, (x, y), _, _ = ref.case("cnn_bn")
     gates = [[("conv2d_1", 3, [c])] for c in range(3)]
     with pytest.raises(CurvatureError, match=match):
         gate_curvature(model, LOGITS_CE, (x, y), gates, blocks=blocks)
+
+
+def fold_brute_force(model, x, y, channel, output):
+    """`(dL/ds, Gauss-Newton d2L/ds2)` of the MLP's last layer reading `h_c + s r_c` in input
+    slot `channel`, `r_c` the residual of a least-squares fit of `h_c` on the other hidden
+    units and a constant (the regression fold), by differentiating `s` itself."""
+    hidden = model.get_layer("dense")(x).numpy().astype(np.float64)
+    others = np.delete(hidden, channel, axis=1)
+    design = np.concatenate([others, np.ones((len(x), 1))], axis=1)
+    coef = np.linalg.lstsq(design, hidden[:, channel], rcond=None)[0]
+    residual = np.zeros_like(hidden)
+    residual[:, channel] = hidden[:, channel] - design @ coef
+    s = tf.Variable(0.0, dtype=tf.float64)
+    last = model.get_layer("dense_1")
+    kernel, bias = (np.asarray(v, np.float64) for v in (last.kernel, last.bias))
+    with tf.GradientTape(persistent=True) as tape:
+        out = (tf.constant(hidden) + s * tf.constant(residual)) @ kernel + bias
+        if output == "logits":
+            per_sample = keras.losses.sparse_categorical_crossentropy(y, out, from_logits=True)
+        else:
+            per_sample = tf.reduce_mean((out - y) ** 2, axis=-1)
+        loss = tf.reduce_mean(per_sample)
+    jac = tape.jacobian(out, s).numpy()
+    grad = float(tape.gradient(loss, s))
+    out = out.numpy()
+    if output == "logits":
+        p = np.exp(out - out.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        gn = np.mean([j @ (np.diag(q) - np.outer(q, q)) @ j for j, q in zip(jac, p)])
+    else:
+        gn = np.mean(np.sum(jac ** 2, axis=1) * 2.0 / out.shape[1])
+    return grad, gn
+
+
+@pytest.mark.parametrize("loss,output", [(LOGITS_CE, "logits"), ("mse", "mse")])
+def test_residual_gates_equal_brute_force_fold(loss, output):
+    """With `residuals`, a gate's derivatives are those of removing its channel with the
+    regression fold (the consumer reads the kept units' least-squares prediction of it)."""
+    model = ref.mlp(outputs=3)
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 5)).astype("float32")
+    y = (rng.integers(0, 3, 40) if output == "logits"
+         else rng.normal(size=(40, 3)).astype("float32"))
+    gates = [[("dense_1", 1, [c])] for c in range(6)]
+    plain = gate_curvature(model, loss, (x, y), gates, batch_size=16)
+    folded = gate_curvature(model, loss, (x, y), gates, batch_size=16,
+                            residuals=[range(6)])
+    for c in range(6):
+        grad, gn = fold_brute_force(model, x, y, c, output)
+        assert folded.gradient[c] == pytest.approx(grad, rel=1e-3, abs=1e-6)
+        assert folded.gauss_newton[c] == pytest.approx(gn, rel=1e-3, abs=1e-8)
+    # what the fold recovers is not counted: every channel's curvature is lower
+    assert np.all(folded.gauss_newton < plain.gauss_newton)
+    # a gate in no list is a plain gate
+    half = gate_curvature(model, loss, (x, y), gates, batch_size=16, residuals=[[0, 1, 2]])
+    np.testing.assert_allclose(half.gauss_newton[3:], plain.gauss_newton[3:], rtol=1e-5)
+
+
+def test_residual_gate_of_a_duplicated_channel_is_zero():
+    """A channel that another one copies costs nothing to remove with the fold."""
+    model = ref.cnn_bn()           # its own model: `ref.case`'s is shared and left unchanged
+    x, y = ref.classification_data(model, 24, ref.CLASSES["cnn_bn"])
+    conv = model.get_layer("conv2d")
+    kernel, bias = conv.kernel.numpy(), conv.bias.numpy()
+    kernel[..., 1], bias[1] = kernel[..., 0], bias[0]
+    conv.kernel.assign(kernel)
+    conv.bias.assign(bias)
+    bn = [l for l in model.layers if isinstance(l, keras.layers.BatchNormalization)][0]
+    for v in bn.weights:
+        value = v.numpy()
+        value[1] = value[0]
+        v.assign(value)
+    gates, _, _ = group_gates(model)
+    first = [g for g, gate in enumerate(gates) if gate[0][0] == "conv2d_1"]
+    assert len(first) == 3
+    plain = gate_curvature(model, LOGITS_CE, (x, y), gates)
+    folded = gate_curvature(model, LOGITS_CE, (x, y), gates, residuals=[first])
+    assert plain.gauss_newton[first[0]] > 1e-4 and plain.gauss_newton[first[1]] > 1e-4
+    for g in first[:2]:
+        assert abs(folded.gradient[g]) < 1e-3 * abs(plain.gradient[g]) + 1e-9
+        assert folded.gauss_newton[g] < 1e-3 * plain.gauss_newton[g]
+    assert folded.gauss_newton[first[2]] > 1e-6
+
+
+@pytest.mark.parametrize("residuals,match", [
+    ([[0, 1], [1, 2]], "in several lists"),
+    ([[0, 7]], r"residuals\[0\].*within 0\.\.2"),
+])
+def test_bad_residuals_are_refused(residuals, match):
+    model, (x, y), _, _ = ref.case("cnn_bn")
+    gates = [[("conv2d_1", 3, [c])] for c in range(3)]
+    with pytest.raises(CurvatureError, match=match):
+        gate_curvature(model, LOGITS_CE, (x, y), gates, residuals=residuals)

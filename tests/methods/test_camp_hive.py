@@ -670,3 +670,46 @@ def test_joint_gates_prune_inside_fit_meet_the_target_and_round_trip():
     assert again.get_config() == config and again.criterion.joint
     with pytest.raises(InvalidCriterionError, match="needs diagonal='gates'"):
         CampHiVe(tfprune.Target(flops=0.5), calibration_data=(x[:8], y[:8]), joint=True)
+
+
+# --- fold_aware=True: the gates scale what the regression fold leaves of each channel ------
+
+
+def test_fold_aware_scores_are_the_residual_gates_of_each_group():
+    model, data, groups, _ = _prepared()
+    context = ScoringContext(model, calibration_data=data, groups=groups, step=3)
+    criterion = CampHiVeSaliency("gates", fold_aware=True)
+    criterion.prepare(context)
+    gates, spans, start = [], [], 0
+    for g in groups:
+        gates += [[(m.layer, m.axis, m.index_map[c]) for m in g.consumers]
+                  for c in range(g.size)]
+        spans.append(range(start, start + g.size))
+        start += g.size
+    result = tfprune.curvature.gates.gate_curvature(model, LOSS, data, gates, residuals=spans)
+    plain = tfprune.curvature.gates.gate_curvature(model, LOSS, data, gates)
+    for g, span in zip(groups, spans):
+        expected = np.abs(result.gradient[span]) + 0.5 * result.gauss_newton[span]
+        np.testing.assert_allclose(criterion(g, context), expected, rtol=1e-5, atol=1e-12)
+    # the fold recovers part of every channel: its curvature is lower than plain removal's
+    assert np.all(result.gauss_newton <= plain.gauss_newton * (1 + 1e-5) + 1e-12)
+    assert np.mean(result.gauss_newton < plain.gauss_newton) > 0.5
+    assert criterion.get_config()["fold_aware"] is True
+    with pytest.raises(InvalidCriterionError, match="needs diagonal='gates'"):
+        CampHiVeSaliency(fold_aware=True)
+    with pytest.raises(InvalidCriterionError, match="fold_aware"):
+        CampHiVeSaliency("gates", fold_aware="yes")
+
+
+def test_fold_aware_gates_prune_inside_fit_meet_the_target_and_round_trip():
+    x, y = _digits()
+    model = _digits_cnn()
+    pruning = CampHiVe(tfprune.Target(flops=0.5), tfprune.PolynomialDecay(0, 16, frequency=8),
+                       calibration_data=(x[:64], y[:64]), diagonal="gates", fold_aware=True,
+                       merge_rule="regression", verbose=0)
+    model.fit(x[:256], y[:256], batch_size=32, epochs=3, verbose=0, callbacks=[pruning])
+    assert pruning.achieved()["flops_kept"] <= 0.5 and len(pruning.events) == 3
+    config = pruning.get_config()
+    assert config["fold_aware"] is True
+    again = CampHiVe.from_config(config, calibration_data=(x[:64], y[:64]))
+    assert again.get_config() == config and again.criterion.fold_aware

@@ -37,6 +37,13 @@ channel whose removal adds least to `q` given those before it. The group's singl
 sorted, are then handed out along that order (`joint_scores`): the allocation across groups
 sees the same values as without `joint` and takes as many channels from each group, and the
 channels it takes are the first ones of the joint order.
+
+**Fold-aware scores** (`diagonal="gates", fold_aware=True`). With the regression fold
+(`merge_rule="regression"`) a removed channel's consumers keep the kept channels'
+least-squares prediction of it, and only the residual is lost. The gates then scale that
+residual (regressed on the group's other channels at each consumer, all of them, not only the
+kept ones): `|dL/ds| + 1/2 G_ss` is the second-order loss change of removing the channel with
+the fold, and a channel that others duplicate scores near zero whatever its magnitude.
 """
 
 from __future__ import annotations
@@ -203,6 +210,11 @@ class CampHiVeSaliency(Criterion):
         joint: with `diagonal="gates"`, hand each group's single saliencies out along the
             greedy order of removing its channels together (`joint_scores`, module
             docstring): the same values per group, the joint choice of channels.
+        fold_aware: with `diagonal="gates"`, score the removal of a channel *with the
+            regression fold* (`merge_rule="regression"`): its gate scales only the residual
+            of its activation regressed on the other channels of its group at each consumer
+            (`tfprune.curvature.gates`, "Residual gates"), so a channel the others can stand
+            in for scores near zero (module docstring, "Fold-aware scores").
 
     Raises:
         InvalidCriterionError: an argument outside what is accepted.
@@ -227,7 +239,7 @@ class CampHiVeSaliency(Criterion):
     def __init__(self, diagonal: str = HUTCHINSON, hessian: str = "exact",
                  hutchinson_samples: int = 8, power_iters: int = 3, top_k: int = 1,
                  block_curvature: bool = True, loss=None, batch_size: int = 128,
-                 verbose: int = 0, joint: bool = False):
+                 verbose: int = 0, joint: bool = False, fold_aware: bool = False):
         if diagonal not in DIAGONALS:
             raise InvalidCriterionError(
                 f"diagonal={diagonal!r}: accepted are 'hutchinson' (Hutchinson's estimate), "
@@ -251,7 +263,14 @@ class CampHiVeSaliency(Criterion):
             raise InvalidCriterionError(
                 f"joint=True scores channels together from their gates' Gauss-Newton matrix: "
                 f"it needs diagonal='gates' (diagonal={diagonal!r})")
+        if not isinstance(fold_aware, bool):
+            raise InvalidCriterionError(f"fold_aware={fold_aware!r}: expected True or False")
+        if fold_aware and diagonal != GATES:
+            raise InvalidCriterionError(
+                f"fold_aware=True scores the residual each channel's regression fold leaves "
+                f"along its gate: it needs diagonal='gates' (diagonal={diagonal!r})")
         self.joint = joint
+        self.fold_aware = fold_aware
         self.diagonal = diagonal
         self.hessian = hessian
         self.hutchinson_samples = _positive_int("hutchinson_samples", hutchinson_samples)
@@ -377,7 +396,10 @@ class CampHiVeSaliency(Criterion):
         try:
             blocks = [range(start, start + size) for _, start, size in layout] \
                 if self.joint else None
-            result = gates.gate_curvature(model, loss, data, gate_list, blocks=blocks)
+            residuals = [range(start, start + size) for _, start, size in layout] \
+                if self.fold_aware else None
+            result = gates.gate_curvature(model, loss, data, gate_list, blocks=blocks,
+                                          residuals=residuals)
         except CurvatureError as e:
             if isinstance(e, NonFiniteError):
                 raise
@@ -463,7 +485,8 @@ class CampHiVeSaliency(Criterion):
         return {"diagonal": self.diagonal, "hessian": self.hessian,
                 "hutchinson_samples": self.hutchinson_samples, "power_iters": self.power_iters,
                 "top_k": self.top_k, "block_curvature": self.block_curvature, "loss": loss,
-                "batch_size": self.batch_size, "verbose": self.verbose, "joint": self.joint}
+                "batch_size": self.batch_size, "verbose": self.verbose, "joint": self.joint,
+                "fold_aware": self.fold_aware}
 
     @classmethod
     def from_config(cls, config):

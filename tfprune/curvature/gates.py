@@ -24,6 +24,19 @@ derivative of output `k` with respect to that channel's gate. The gates' derivat
 of these over the channels and layers they name. The cost is one forward pass and `classes`
 backward passes per batch, without any weight gradient.
 
+**Residual gates** (`residuals=`, what CAMP-HiVe's regression fold removes). A channel
+removed with the fold (`tfprune.merging`, `merge_rule="regression"`) does not take its whole
+activation `x_j` away from its consumers: the kept channels carry their least-squares
+prediction of it, and what is lost is the residual `r_j = x_j - sum_k B_kj x_k - c_j` of
+regressing `x_j` on the other channels of its block at that layer (with the intercept `c_j`
+where the layer has a bias, as the fold; the fold's relative ridge). With residuals a gate
+reads `x_j + s r_j` instead of `(1 + s) x_j`, so `s = -1` is removing the channel with the
+fold (at every input position, before any padding), and `sum over positions of r_j * dx_j` its
+derivative. The residuals of all channels come from one extra pass over the data (the inputs'
+means and second moments): `r = (x - mean) P[:, S] P[S, S]^-1` for a gate's channels `S`, with
+`P` the inverse of the regularized covariance of the block's channels (one channel: its
+residual on all the others).
+
 Only top-level layers of a functional (or Sequential) model with one input tensor can be
 gated; the loss must be a softmax cross-entropy (on logits, or on a model that ends in a
 softmax) or a mean squared error, as for `gauss_newton_vector_product`. BatchNormalization and
@@ -81,7 +94,8 @@ class GateCurvature:
 
 def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
                    batch_size: int = 128,
-                   blocks: Optional[Sequence[Sequence[int]]] = None) -> GateCurvature:
+                   blocks: Optional[Sequence[Sequence[int]]] = None,
+                   residuals: Optional[Sequence[Sequence[int]]] = None) -> GateCurvature:
     """Gradient and Gauss-Newton diagonal of the loss with respect to channel gates.
 
     Args:
@@ -98,6 +112,11 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
             order, `-sum_{a in M} dL/ds_a + 1/2 sum_{a,b in M} G_ab`. A block of `b` gates
             costs `batch x b^2 x outputs` multiply-adds per batch more (one block per channel
             group keeps that small); `[range(len(gates))]` is the whole matrix.
+        residuals: lists of gate indices (e.g. one per channel group); each gate of a list
+            scales the residual of its channels regressed on the channels the list's other
+            gates name at the same layer (module docstring), which is the loss change of
+            removing it with the regression fold. A gate in no list scales its channels'
+            activations. The lists must not share gates.
 
     Returns:
         A `GateCurvature`.
@@ -126,18 +145,26 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
     """
     check_positive_int("batch_size", batch_size)
     blocks = _check_blocks(blocks, len(gates))
+    residuals = _check_blocks(residuals, len(gates), "residuals")
+    shared = [g for g, n in zip(*np.unique([g for r in residuals for g in r],
+                                           return_counts=True)) if n > 1]
+    if shared:
+        raise CurvatureError(f"residuals: gate(s) {shared} are in several lists; each gate is "
+                             "regressed within one list")
     loss, view, logits = check_gate_model(model, loss_fn)
     layers, widths, assignment = _layout(model, gates)
     data = CalibrationData.of(data, batch_size)
     forward = view.forward_model()
     step = _program(forward, layers, widths, assignment, len(gates), loss, logits, view.dtype,
-                    blocks)
+                    blocks, bool(residuals))
+    maps = (_residual_maps(forward, data, model, gates, layers, widths, residuals, view.dtype)
+            if residuals else ())
     total_first = np.zeros(len(gates))
     total_second = np.zeros(len(gates))
     total_blocks = [np.zeros((len(b), len(b))) for b in blocks]
     total_loss, count, passes = 0.0, 0, 0
     for x, y in data.dataset:
-        loss_sum, first, second, matrices, passes = step(x, y)
+        loss_sum, first, second, matrices, passes = step(x, y, maps)
         total_loss += float(loss_sum)
         total_first += first.numpy()
         total_second += second.numpy()
@@ -156,21 +183,21 @@ def gate_curvature(model, loss_fn, data, gates: Sequence[Gate],
     return GateCurvature(gradient, curvature, mean_loss, count, int(passes), matrices)
 
 
-def _check_blocks(blocks, n_gates: int) -> Tuple[Tuple[int, ...], ...]:
+def _check_blocks(blocks, n_gates: int, name: str = "blocks") -> Tuple[Tuple[int, ...], ...]:
     if blocks is None:
         return ()
     if isinstance(blocks, (str, bytes)) or not isinstance(blocks, Sequence):
-        raise CurvatureError("blocks must be a list of lists of gate indices; received "
+        raise CurvatureError(f"{name} must be a list of lists of gate indices; received "
                              f"{type(blocks).__name__}")
     out = []
     for b, block in enumerate(blocks):
         try:
             idx = tuple(int(i) for i in block)
         except (TypeError, ValueError):
-            raise CurvatureError(f"block {b} must be a list of gate indices; received "
+            raise CurvatureError(f"{name}[{b}] must be a list of gate indices; received "
                                  f"{block!r}") from None
         if not idx or min(idx) < 0 or max(idx) >= n_gates or len(set(idx)) != len(idx):
-            raise CurvatureError(f"block {b}: gate indices {list(idx)} must be distinct and "
+            raise CurvatureError(f"{name}[{b}]: gate indices {list(idx)} must be distinct and "
                                  f"within 0..{n_gates - 1} ({n_gates} gates)")
         out.append(idx)
     return tuple(out)
@@ -262,11 +289,83 @@ _PROGRAMS = weakref.WeakKeyDictionary()
 _VIEWS = weakref.WeakKeyDictionary()
 
 
-def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, blocks):
-    """The compiled per-batch step, kept per model and layout (traced once per batch shape)."""
+def _channels_last(t, axis: int):
+    """`t` with its channel axis `axis` moved last, flattened to `(rows, channels)`."""
+    perm = [a for a in range(t.shape.rank) if a != axis] + [axis]
+    return tf.reshape(tf.transpose(t, perm), [-1, t.shape[axis]])
+
+
+def _residual_inputs(t, axis: int, mean, transform):
+    """`(t - mean) transform` along the channel axis `axis` (`_residual_maps`)."""
+    perm = [a for a in range(t.shape.rank) if a != axis] + [axis]
+    moved = tf.transpose(t, perm)
+    out = tf.tensordot(moved - tf.cast(mean, t.dtype), tf.cast(transform, t.dtype), 1)
+    return tf.transpose(out, np.argsort(perm))
+
+
+def _residual_maps(forward, data, model, gates, layers, widths, residuals, dtype):
+    """For each gated layer, `(mean, T)` such that `(x - mean) T` holds, in the columns of
+    the `residuals` lists' gates, each channel's residual on the other channels its list names
+    at that layer, and elsewhere `x` itself (module docstring, "Residual gates")."""
+    from tfprune.merging.channels import RIDGE  # the fold's relative ridge
+
+    gated = [find_layer(forward, path) for path, _ in layers]
+    extractor = keras.Model(forward.inputs, [layer.input for layer in gated])
+
+    @tf.function(reduce_retracing=True)
+    def moments(x):
+        outs = extractor(x, training=False)
+        outs = outs if isinstance(outs, (list, tuple)) else [outs]
+        flat = [tf.cast(_channels_last(t, axis), tf.float64)
+                for t, (_, axis) in zip(outs, layers)]
+        return ([tf.reduce_sum(f, 0) for f in flat], [tf.matmul(f, f, transpose_a=True)
+                                                       for f in flat],
+                [tf.shape(f)[0] for f in flat])
+
+    sums = [np.zeros(w) for w in widths]
+    seconds = [np.zeros((w, w)) for w in widths]
+    counts = np.zeros(len(layers))
+    for x, _ in data.dataset:
+        s1, s2, n = moments(x)
+        for i in range(len(layers)):
+            sums[i] += s1[i].numpy()
+            seconds[i] += s2[i].numpy()
+            counts[i] += int(n[i])
+    maps = []
+    for i, (path, axis) in enumerate(layers):
+        mean = sums[i] / max(counts[i], 1.0)
+        centre = getattr(find_layer(model, path), "bias", None) is not None
+        cov = seconds[i] / max(counts[i], 1.0) - (np.outer(mean, mean) if centre else 0.0)
+        transform, shift = np.eye(widths[i]), np.zeros(widths[i])
+        for block in residuals:
+            named = {g: np.unique(np.concatenate(
+                [np.asarray(c, np.int64).reshape(-1) for p, a, c in gates[g]
+                 if (str(p), int(a)) == (path, axis)] or [np.zeros(0, np.int64)]))
+                for g in block}
+            named = {g: c for g, c in named.items() if c.size}
+            if not named:
+                continue
+            columns = np.unique(np.concatenate(list(named.values())))
+            block_cov = cov[np.ix_(columns, columns)]
+            ridge = RIDGE * max(float(np.trace(block_cov)) / columns.size, 1e-12)
+            inverse = np.linalg.inv(block_cov + ridge * np.eye(columns.size))
+            for own in named.values():
+                at = np.searchsorted(columns, own)
+                transform[np.ix_(columns, own)] = inverse[:, at] @ np.linalg.inv(
+                    inverse[np.ix_(at, at)])
+            if centre:
+                shift[columns] = mean[columns]
+        maps.append((tf.constant(shift, dtype), tf.constant(transform, dtype)))
+    return tuple(maps)
+
+
+def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, blocks,
+             residual_gates=False):
+    """The compiled per-batch step, kept per model and layout (traced once per batch shape);
+    with `residual_gates`, it takes each gated layer's `(mean, T)` (`_residual_maps`)."""
     cache = _PROGRAMS.setdefault(forward, {})
     key = (layers, widths, assignment, n_gates, loss.name, loss.kind, loss.from_logits, logits,
-           dtype.name, blocks)
+           dtype.name, blocks, residual_gates)
     if key in cache:
         return cache[key]
     gated = [find_layer(forward, path) for path, _ in layers]
@@ -278,7 +377,7 @@ def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, 
     n = len(gated)
 
     @tf.function(reduce_retracing=True)
-    def step(x, y):
+    def step(x, y, maps=()):
         with tf.GradientTape(persistent=True) as tape:
             outs = extractor(x, training=False)
             out = tf.cast(outs[0], dtype)
@@ -288,6 +387,8 @@ def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, 
             loss_sum = loss.sum_over_samples(y, out, logits)
             picks = [tf.reduce_sum(out[:, k]) for k in range(out.shape[-1])]
         inputs, outputs = outs[1:1 + n], outs[1 + n:]
+        directions = ([_residual_inputs(t, axis, *m) for t, (_, axis), m in
+                       zip(inputs, layers, maps)] if residual_gates else inputs)
         residual = tape.gradient(loss_sum, out)          # d loss_n / d out_n, per sample
         with tf.GradientTape(persistent=True) as local:  # each gated layer alone
             local.watch(inputs)
@@ -296,10 +397,12 @@ def _program(forward, layers, widths, assignment, n_gates, loss, logits, dtype, 
         for k, pick in enumerate(picks):
             upstream = tape.gradient(pick, outputs, unconnected_gradients="zero")
             per_layer = []
-            for (path, axis), t, y_again, dy in zip(layers, inputs, again, upstream):
+            for i, ((path, axis), t, y_again, dy) in enumerate(zip(layers, inputs, again,
+                                                                     upstream)):
                 dx = local.gradient(y_again, t, output_gradients=tf.cast(dy, y_again.dtype))
                 reduce = [a for a in range(t.shape.rank) if a not in (0, axis)]
-                per_layer.append(tf.cast(tf.reduce_sum(t * dx, axis=reduce), dtype))
+                per_layer.append(tf.cast(tf.reduce_sum(directions[i] * dx, axis=reduce),
+                                         dtype))
             columns.append(tf.concat(per_layer, axis=1))       # (batch, sum of widths)
         del tape, local
         jac = tf.stack(columns, axis=1)                          # (batch, outputs, widths)

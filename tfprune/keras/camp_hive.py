@@ -128,6 +128,10 @@ class CampHiVe(PruningCallback):
             feature are not both removed for each being cheap alone; *how many* each group
             loses stays what the single saliencies decide
             (`tfprune.criteria.camp_hive.joint_scores`).
+        fold_aware: with `diagonal="gates"`, score what removing a channel costs *after* the
+            regression fold (`merge_rule="regression"`): the gates scale only the part of the
+            channel's activation that the group's other channels cannot predict, so redundant
+            channels go first (`tfprune.criteria.camp_hive.CampHiVeSaliency`).
 
     Raises:
         InvalidPruningArgumentError, InvalidCriterionError: an argument outside what is
@@ -159,7 +163,7 @@ class CampHiVe(PruningCallback):
                  normalize: Optional[str] = "mean", loss=None, batch_size: int = 128,
                  min_channels: int = 1,
                  min_density: float = 0.0, verbose: int = 1, seed: int = 0,
-                 joint: bool = False):
+                 joint: bool = False, fold_aware: bool = False):
         if not isinstance(merge, bool):
             raise InvalidPruningArgumentError(f"merge={merge!r}: expected True or False")
         if not isinstance(per_unit_cost, bool):
@@ -179,7 +183,8 @@ class CampHiVe(PruningCallback):
         talk = int(isinstance(verbose, int) and not isinstance(verbose, bool) and verbose > 0)
         criterion = CampHiVeSaliency(diagonal, hessian, hutchinson_samples, power_iters, top_k,
                                      block_curvature=thresholds.beta > 0, loss=loss,
-                                     batch_size=batch_size, verbose=talk, joint=joint)
+                                     batch_size=batch_size, verbose=talk, joint=joint,
+                                     fold_aware=fold_aware)
         super().__init__(criterion, target, schedule, allocation=thresholds,
                          granularity=granularity, calibration_data=calibration_data,
                          min_channels=min_channels, min_density=min_density, verbose=verbose,
@@ -305,6 +310,7 @@ class CampHiVe(PruningCallback):
             "beta": self.beta,
             "diagonal": criterion["diagonal"],
             "joint": criterion["joint"],
+            "fold_aware": criterion["fold_aware"],
             "hessian": criterion["hessian"],
             "power_iters": criterion["power_iters"],
             "hutchinson_samples": criterion["hutchinson_samples"],
