@@ -21,6 +21,9 @@ methods that take them (their bench_quality defaults otherwise).
     --configs "magnitude;rd_prune;rd_prune:distortion=mean"
 ```
 
+`--events 8` prunes in 8 events instead of once (bench_quality's `--prune-events` schedule),
+each re-measured on the model the previous one left, still without any training.
+
 `--sparsity` measures weight granularity instead (bench_quality's weight methods: `rd_prune`
 and `magnitude`, the global magnitude ranking): single weights zeroed, so the rows say how
 well each allocation of the layers' sparsities keeps the network's function.
@@ -56,14 +59,19 @@ DEFAULT_CONFIGS = ("l1_uniform", "l1_normalized", "l1", "random", "taylor", "cam
 
 
 def parse_config(text: str, target: float, seed: int, calibration=None,
-                 granularity: str = "channel") -> bq.RunSpec:
+                 granularity: str = "channel", events: int = 1) -> bq.RunSpec:
     """`"method[:k=v,...]"` as the `bench_quality.RunSpec` of a one-shot run at `target`
     (a FLOPs fraction kept at channel granularity, a sparsity at `granularity="weight"`).
 
     `calibration` applies to the methods that take calibration images (ignored otherwise; the
     L1 methods take them with a `merge_rule`); a `min_density=F` option becomes the run's
-    floor, as `bench_quality --min-density`.
+    floor, as `bench_quality --min-density`; `events > 1` prunes in that many events of a
+    `PolynomialDecay` (bench_quality's `--prune-events`), each re-measured on the model the
+    previous one left, with no training between them.
     """
+    if isinstance(events, bool) or not isinstance(events, int) or events < 1:
+        raise InvalidPruningArgumentError(f"events={events!r}: a whole number of pruning "
+                                          "events >= 1")
     method, _, options = text.strip().partition(":")
     accepted = bq.WEIGHT_METHODS if granularity == "weight" else bq.CHANNEL_METHODS
     if method not in accepted:
@@ -82,7 +90,8 @@ def parse_config(text: str, target: float, seed: int, calibration=None,
             f"configuration {text!r}: min_density must be a number in [0, 1)") from None
     options = ",".join(p for p in pairs if p not in floors)
     return bq.RunSpec(method, granularity, target, epochs=1, seed=seed, prune_epochs=0,
-                      options=options, calibration=images, min_density=floor)
+                      options=options, calibration=images, min_density=floor,
+                      prune_events=events if events > 1 else 0)
 
 
 def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_IMAGES) -> dict:
@@ -106,10 +115,13 @@ def measure(spec: bq.RunSpec, dense, data, recalibrate: int = bq.RECALIBRATION_I
     achieved = callback.achieved()
     as_pruned = bc.evaluate(small, x_test, y_test)
     # Labelled as bench_quality labels the method, its options and calibration images.
-    named = {**dataclasses.asdict(spec), "prune_epochs": bq.PRUNE_EPOCHS, "run": spec.name}
+    # (the events are a column of their own: no training runs between them here)
+    named = {**dataclasses.asdict(spec), "prune_epochs": bq.PRUNE_EPOCHS, "prune_events": 0,
+             "run": spec.name}
     row = {"config": bq.label(named), "method": spec.method,
            "options": spec.options, "calibration_images": spec.calibration_images,
            "granularity": spec.granularity, "target": spec.target, "seed": spec.seed,
+           "events": max(1, spec.prune_events), "events_run": len(callback.events),
            "sparsity": round(achieved["sparsity"], 4),
            "flops_fraction": round(tfprune.profile(small).macs / tfprune.profile(dense).macs, 4),
            "kept_channels": bq.kept_channels(small), "top1_as_pruned": round(as_pruned, 2),
@@ -133,13 +145,14 @@ def kernel_density(model) -> Dict[str, float]:
 
 def table(rows: Sequence[dict]) -> str:
     """Markdown table of `rows`, one line per configuration and target."""
-    lines = ["| configuration | target | FLOPs kept | sparsity | seed | top-1 as pruned | "
+    lines = ["| configuration | target | events | FLOPs kept | sparsity | seed | top-1 as pruned | "
              "top-1, BN re-estimated | channels kept per group | pruning wall s |",
-             "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         kept = ", ".join(str(v) for v in r["kept_channels"].values())
         what = "sparsity" if r.get("granularity") == "weight" else "FLOPs"
-        lines.append(f"| {r['config']} | {what} {r['target']:g} | {r['flops_fraction']:.3f} | "
+        lines.append(f"| {r['config']} | {what} {r['target']:g} | {r.get('events', 1)} | "
+                     f"{r['flops_fraction']:.3f} | "
                      f"{r.get('sparsity', float('nan')):.3f} | "
                      f"{r['seed']} | {r['top1_as_pruned']:.2f} | "
                      f"{r.get('top1', float('nan')):.2f} | {kept} | {r['prune_wall_s']:.1f} |")
@@ -157,6 +170,9 @@ def main(argv=None) -> List[dict]:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--calibration", type=int, default=None, metavar="IMAGES",
                         help="calibration images of the methods that take them")
+    parser.add_argument("--events", type=int, default=1,
+                        help="pruning events, re-measured one after another with no training "
+                             "between them (default: 1, once)")
     parser.add_argument("--recalibrate", type=int, default=bq.RECALIBRATION_IMAGES,
                         help="clean training images of the BatchNorm re-estimation (0: none)")
     parser.add_argument("--json", default=None, help="write the rows to this file (atomic)")
@@ -165,7 +181,7 @@ def main(argv=None) -> List[dict]:
     configs = args.configs
     if args.sparsity and configs == parser.get_default("configs"):
         configs = ";".join(bq.WEIGHT_METHODS)
-    specs = [parse_config(c, t, args.seed, args.calibration, granularity)
+    specs = [parse_config(c, t, args.seed, args.calibration, granularity, args.events)
              for t in (args.sparsity or args.flops) for c in configs.split(";") if c.strip()]
     data = bc.load_cifar10(args.data_dir)
     dense = keras.models.load_model(bc.dense_resnet8_path())

@@ -54,6 +54,7 @@ def test_measure_prunes_a_copy_once_and_evaluates_it_before_and_after_bn(config)
     assert set(row["kept_channels"]) == set(full)
     assert sum(row["kept_channels"].values()) < sum(full.values())
     assert 0 <= row["top1_as_pruned"] <= 100 and 0 <= row["top1"] <= 100
+    assert row["events"] == row["events_run"] == 1
     assert row["calibration_images"] == (64 if config.startswith("camp_hive") else 0)
     assert row["config"].startswith("L1 magnitude (uniform)" if config == "l1_uniform"
                                     else "CAMP-HiVe (merge=False, 64 images)")
@@ -97,3 +98,25 @@ def test_weight_rows_reach_the_sparsity_and_keep_every_channel(config):
     assert "top1" not in row and 0 <= row["top1_as_pruned"] <= 100
     line = bn.table([row]).splitlines()[2]
     assert "sparsity 0.6" in line and f"{row['sparsity']:.3f}" in line
+
+
+def test_events_prune_gradually_without_training_and_bad_counts_are_refused():
+    keras.utils.set_random_seed(0)
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
+    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    dense.compile("adam", "sparse_categorical_crossentropy")
+    before = [w.copy() for w in dense.get_weights()]
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    y = rng.integers(0, 10, 128)
+    spec = bn.parse_config("camp_hive:merge=False", 0.5, 0, calibration=64, events=3)
+    assert spec.prune_events == 3 and bn.parse_config("l1_uniform", 0.5, 0).prune_events == 0
+    row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=0)
+    assert all(np.array_equal(a, b) for a, b in zip(before, dense.get_weights()))
+    assert row["events"] == 3 and 0 < row["flops_fraction"] <= 0.5
+    assert row["events_run"] >= 2       # the schedule's events ran one after another
+    assert "events" not in row["config"] and "pruned once" not in row["config"]
+    assert "| 3 |" in bn.table([row]).splitlines()[2]
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(InvalidPruningArgumentError, match="events"):
+            bn.parse_config("l1_uniform", 0.5, 0, events=bad)
