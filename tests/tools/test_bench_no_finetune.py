@@ -15,6 +15,17 @@ import tfprune  # noqa: E402
 from tfprune.errors import InvalidPruningArgumentError  # noqa: E402
 
 
+def _tiny_case():
+    """A tiny compiled CNN ending in a softmax, and 128 random uint8 images with labels."""
+    keras.utils.set_random_seed(0)
+    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
+    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
+    dense.compile("adam", "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
+    return dense, (x, rng.integers(0, 10, 128))
+
+
 def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
     spec = bn.parse_config("camp_hive:diagonal=gates,merge=False", 0.5, 1, calibration=256)
     assert (spec.method, spec.target, spec.seed, spec.prune_epochs) == ("camp_hive", 0.5, 1, 0)
@@ -38,14 +49,8 @@ def test_configurations_parse_to_one_shot_runs_and_bad_ones_are_refused():
 
 @pytest.mark.parametrize("config", ["l1_uniform", "camp_hive:merge=False"])
 def test_measure_prunes_a_copy_once_and_evaluates_it_before_and_after_bn(config):
-    keras.utils.set_random_seed(0)
-    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
-    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
-    dense.compile("adam", "sparse_categorical_crossentropy")
+    dense, (x, y) = _tiny_case()
     before = [w.copy() for w in dense.get_weights()]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, 128)
     spec = bn.parse_config(config, 0.5, 0, calibration=64)
     row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=128)
     assert all(np.array_equal(a, b) for a, b in zip(before, dense.get_weights()))
@@ -78,13 +83,7 @@ def test_weight_granularity_takes_the_weight_methods_and_a_sparsity():
 @pytest.mark.parametrize("config", ["magnitude", "rd_prune:grid=4",
                                     "rd_prune:grid=4,rounds=3"])
 def test_weight_rows_reach_the_sparsity_and_keep_every_channel(config):
-    keras.utils.set_random_seed(0)
-    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
-    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
-    dense.compile("adam", "sparse_categorical_crossentropy")
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, 128)
+    dense, (x, y) = _tiny_case()
     spec = bn.parse_config(config, 0.6, 0, calibration=64, granularity="weight")
     row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=0)
     assert row["granularity"] == "weight" and abs(row["sparsity"] - 0.6) < 0.01
@@ -101,14 +100,8 @@ def test_weight_rows_reach_the_sparsity_and_keep_every_channel(config):
 
 
 def test_events_prune_gradually_without_training_and_bad_counts_are_refused():
-    keras.utils.set_random_seed(0)
-    cnn = tfprune.zoo.small_cnn(input_shape=(8, 8, 3), widths=(4, 8), dense=8)
-    dense = keras.Model(cnn.input, keras.layers.Softmax()(cnn.output))
-    dense.compile("adam", "sparse_categorical_crossentropy")
+    dense, (x, y) = _tiny_case()
     before = [w.copy() for w in dense.get_weights()]
-    rng = np.random.default_rng(0)
-    x = rng.integers(0, 256, (128, 8, 8, 3), dtype=np.uint8)
-    y = rng.integers(0, 10, 128)
     spec = bn.parse_config("camp_hive:merge=False", 0.5, 0, calibration=64, events=3)
     assert spec.prune_events == 3 and bn.parse_config("l1_uniform", 0.5, 0).prune_events == 0
     row = bn.measure(spec, dense, ((x, y), (x[:64], y[:64])), recalibrate=0)
