@@ -190,6 +190,15 @@ def _positive_int(name, value, low=1):
     return int(value)
 
 
+def _check_gates_option(name: str, value, diagonal: str, what: str) -> None:
+    """A True/False option that only `diagonal="gates"` takes."""
+    if not isinstance(value, bool):
+        raise InvalidCriterionError(f"{name}={value!r}: expected True or False")
+    if value and diagonal != GATES:
+        raise InvalidCriterionError(f"{name}=True {what}: it needs diagonal='gates' "
+                                    f"(diagonal={diagonal!r})")
+
+
 class CampHiVeSaliency(Criterion):
     """CAMP-HiVe's second-order saliency of channels or single weights (module docstring).
 
@@ -257,18 +266,10 @@ class CampHiVeSaliency(Criterion):
         if not isinstance(block_curvature, bool):
             raise InvalidCriterionError(
                 f"block_curvature={block_curvature!r}: expected True or False")
-        if not isinstance(joint, bool):
-            raise InvalidCriterionError(f"joint={joint!r}: expected True or False")
-        if joint and diagonal != GATES:
-            raise InvalidCriterionError(
-                f"joint=True scores channels together from their gates' Gauss-Newton matrix: "
-                f"it needs diagonal='gates' (diagonal={diagonal!r})")
-        if not isinstance(fold_aware, bool):
-            raise InvalidCriterionError(f"fold_aware={fold_aware!r}: expected True or False")
-        if fold_aware and diagonal != GATES:
-            raise InvalidCriterionError(
-                f"fold_aware=True scores the residual each channel's regression fold leaves "
-                f"along its gate: it needs diagonal='gates' (diagonal={diagonal!r})")
+        _check_gates_option("joint", joint, diagonal, "scores channels together from their "
+                            "gates' Gauss-Newton matrix")
+        _check_gates_option("fold_aware", fold_aware, diagonal, "scores the residual each "
+                            "channel's regression fold leaves along its gate")
         self.joint = joint
         self.fold_aware = fold_aware
         self.diagonal = diagonal
@@ -394,12 +395,10 @@ class CampHiVeSaliency(Criterion):
             for c in range(group.size):
                 gate_list.append([(m.layer, m.axis, m.index_map[c]) for m in group.consumers])
         try:
-            blocks = [range(start, start + size) for _, start, size in layout] \
-                if self.joint else None
-            residuals = [range(start, start + size) for _, start, size in layout] \
-                if self.fold_aware else None
-            result = gates.gate_curvature(model, loss, data, gate_list, blocks=blocks,
-                                          residuals=residuals)
+            spans = [range(start, start + size) for _, start, size in layout]
+            result = gates.gate_curvature(model, loss, data, gate_list,
+                                          blocks=spans if self.joint else None,
+                                          residuals=spans if self.fold_aware else None)
         except CurvatureError as e:
             if isinstance(e, NonFiniteError):
                 raise

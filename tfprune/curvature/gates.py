@@ -289,15 +289,20 @@ _PROGRAMS = weakref.WeakKeyDictionary()
 _VIEWS = weakref.WeakKeyDictionary()
 
 
+def _last_axis_order(rank: int, axis: int) -> List[int]:
+    """The transpose that moves the channel axis `axis` last."""
+    return [a for a in range(rank) if a != axis] + [axis]
+
+
 def _channels_last(t, axis: int):
     """`t` with its channel axis `axis` moved last, flattened to `(rows, channels)`."""
-    perm = [a for a in range(t.shape.rank) if a != axis] + [axis]
-    return tf.reshape(tf.transpose(t, perm), [-1, t.shape[axis]])
+    return tf.reshape(tf.transpose(t, _last_axis_order(t.shape.rank, axis)),
+                      [-1, t.shape[axis]])
 
 
 def _residual_inputs(t, axis: int, mean, transform):
     """`(t - mean) transform` along the channel axis `axis` (`_residual_maps`)."""
-    perm = [a for a in range(t.shape.rank) if a != axis] + [axis]
+    perm = _last_axis_order(t.shape.rank, axis)
     moved = tf.transpose(t, perm)
     out = tf.tensordot(moved - tf.cast(mean, t.dtype), tf.cast(transform, t.dtype), 1)
     return tf.transpose(out, np.argsort(perm))
